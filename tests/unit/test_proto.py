@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,14 +159,14 @@ class _RecordingChannel:
     def __init__(self) -> None:
         self.methods: dict[str, str] = {}
 
-    def _reg(self, kind: str):  # noqa: ANN202
+    def _reg(self, kind: str) -> Callable[..., object]:
         def register(path: str, *args: object, **kwargs: object) -> object:
             self.methods[path] = kind
             return object()
 
         return register
 
-    def __getattr__(self, kind: str):  # noqa: ANN204
+    def __getattr__(self, kind: str) -> Callable[..., object]:
         if kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             return self._reg(kind)
         raise AttributeError(kind)
