@@ -106,10 +106,10 @@ class WALState:
 # Encoding
 
 
-def encode_entries(entries: Iterable[Entry]) -> bytes:
+def encode_entries(entries: Iterable[Entry], _prefix: bytes = b"") -> bytes:
     """Encode entries back to back: (u64 term, u64 index, u8 type, u32 len) + data each."""
     pack = _ENT.pack
-    parts: list[bytes] = []
+    parts: list[bytes] = [_prefix]
     append = parts.append
     for e in entries:
         d = e.data
@@ -533,7 +533,7 @@ class WAL:
                     raise ValueError(
                         f"entry index {first} would leave a gap after {self._last_index}"
                     )
-                bufs.extend(_frame_parts(_ENTRIES_TAG + encode_entries(entries)))
+                bufs.extend(_frame_parts(encode_entries(entries, _ENTRIES_TAG)))
                 must_sync = True
             new_hs = None
             if (
