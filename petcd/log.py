@@ -182,6 +182,7 @@ def setup(level: str = "info", outputs: Sequence[str] = ("stderr",)) -> None:
             _root.addHandler(handler)
     else:
         _root.addHandler(logging.NullHandler())
+        lvl = FATAL + 10  # nothing is written, so skip building records at all
     _root.setLevel(lvl)
     _state.level = lvl
 

@@ -442,7 +442,7 @@ def flags_text() -> str:
         out.append(f"  --{spec.name} '{_shown_default(spec, defaults)}'")
         out.append(f"    {spec.help}")
     out.append("\nCAUTIOUS with unsafe flag! It may break the guarantees given by the consensus protocol!")
-    return "\n".join(out).lstrip("\n") + "\n"
+    return "\n".join(out) + "\n"
 
 
 # -- parsing ----------------------------------------------------------------------------------
