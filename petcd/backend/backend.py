@@ -249,13 +249,15 @@ class Backend:
         """Write a consistent copy of the committed database; returns its size in bytes.
 
         ``dest`` is a path (written via a temp file and renamed) or a binary file object.
-        Safe from a worker thread: LMDB copies inside its own read transaction.
+        Safe from a worker thread: LMDB copies inside its own read transaction. Always a
+        compacting copy: a plain LMDB copy takes the writer lock, which the open batch tx
+        holds for good.
         """
         if isinstance(dest, str | os.PathLike):
             p = os.fspath(dest)
             fd, tmp = tempfile.mkstemp(prefix=".snap-", dir=os.path.dirname(p) or ".")
             try:
-                self.env.copyfd(fd)
+                self.env.copyfd(fd, compact=True)
                 os.fsync(fd)
                 size = os.fstat(fd).st_size
             finally:
@@ -269,12 +271,12 @@ class Backend:
         if fileno is not None:
             dest.flush()
             start = os.lseek(fileno, 0, os.SEEK_CUR)
-            self.env.copyfd(fileno)
+            self.env.copyfd(fileno, compact=True)
             end = os.lseek(fileno, 0, os.SEEK_END)
             dest.seek(end)
             return end - start
         with tempfile.TemporaryFile() as tf:
-            self.env.copyfd(tf.fileno())
+            self.env.copyfd(tf.fileno(), compact=True)
             tf.seek(0)
             size = 0
             while chunk := tf.read(1 << 20):
