@@ -162,6 +162,11 @@ class Backend:
     def get(self, bucket: str, key: bytes) -> bytes | None:
         return self.txn.get(key, db=self._dbs[bucket])
 
+    def get_many(self, bucket: str, keys: list[bytes]) -> list[bytes | None]:
+        get = self.txn.get
+        db = self._dbs[bucket]
+        return [get(k, None, db) for k in keys]
+
     def range(
         self, bucket: str, start: bytes, end: bytes | None = None, limit: int = 0
     ) -> list[tuple[bytes, bytes]]:

@@ -226,18 +226,22 @@ class KeyIndex:
 class TreeIndex:
     """All keys' KeyIndex, with a sorted key list for ordered range scans."""
 
-    __slots__ = ("map", "keys")
+    __slots__ = ("map", "keys", "dead")
 
     def __init__(self) -> None:
         self.map: dict[bytes, KeyIndex] = {}
         self.keys: SortedList = SortedList()
+        # Keys deleted at the latest revision (still indexed until compaction): with them,
+        # counting live keys in a range at the latest revision is two bisections.
+        self.dead: SortedList = SortedList()
 
     def __len__(self) -> int:
         return len(self.map)
 
     def rebuild_order(self) -> None:
-        """Re-sort the key list from the map (after bulk inserts with ``insert_unordered``)."""
+        """Re-sort the key lists from the map (after bulk inserts with ``insert_unordered``)."""
         self.keys = SortedList(self.map)
+        self.dead = SortedList(k for k, ki in self.map.items() if not ki.is_live())
 
     def insert_unordered(self, ki: KeyIndex) -> None:
         """Add a KeyIndex without updating the sorted key list (bulk restore)."""
@@ -254,6 +258,8 @@ class TreeIndex:
             self.map[key] = ki
             self.keys.add(key)
         else:
+            if not ki.generations[-1].revs:
+                self.dead.remove(key)
             ki.put(rev)
         return ki
 
@@ -262,6 +268,21 @@ class TreeIndex:
         if ki is None:
             raise RevisionNotFound(key)
         ki.tombstone(rev)
+        self.dead.add(key)
+
+    def count_latest(self, key: bytes, end: bytes) -> int:
+        """Live keys in [key, end) at the latest revision, without visiting them."""
+        if not end:
+            ki = self.map.get(key)
+            return 1 if ki is not None and ki.generations[-1].revs else 0
+        keys, dead = self.keys, self.dead
+        if end == b"\x00":
+            n = len(keys) - keys.bisect_left(key)
+            return n - (len(dead) - dead.bisect_left(key)) if dead else n
+        if key >= end:
+            return 0
+        n = keys.bisect_left(end) - keys.bisect_left(key)
+        return n - (dead.bisect_left(end) - dead.bisect_left(key)) if dead else n
 
     def get(self, key: bytes, at_rev: int) -> tuple[int, int, int] | None:
         ki = self.map.get(key)
@@ -277,19 +298,25 @@ class TreeIndex:
             if ki is not None:
                 yield ki
             return
-        if end == b"\x00":
-            it = self.keys.irange(minimum=key)
-        else:
-            if key >= end:
-                return
-            it = self.keys.irange(key, end, inclusive=(True, False))
-        for k in it:
+        for k in self._irange(key, end):
             yield m[k]
 
+    def _irange(self, key: bytes, end: bytes) -> Iterator[bytes]:
+        # end is non-empty here
+        if end == b"\x00":
+            return self.keys.irange(minimum=key)
+        if key >= end:
+            return iter(())
+        return self.keys.irange(key, end, inclusive=(True, False))
+
     def revisions(
-        self, key: bytes, end: bytes, at_rev: int, limit: int = 0
+        self, key: bytes, end: bytes, at_rev: int, limit: int = 0, latest: bool = False
     ) -> tuple[list[int], int]:
-        """Revisions of keys live at at_rev (at most ``limit`` if > 0) and their total count."""
+        """Revisions of keys live at at_rev (at most ``limit`` if > 0) and their total count.
+
+        ``latest``: at_rev is the newest revision in the index, so a limited scan can stop
+        early and take the total from ``count_latest``.
+        """
         if not end:
             ki = self.map.get(key)
             if ki is None:
@@ -297,16 +324,33 @@ class TreeIndex:
             r = ki.get_rev(at_rev)
             return ([r], 1) if r is not None else ([], 0)
         revs: list[int] = []
+        if latest and limit > 0:
+            for ki in self.iter_range(key, end):
+                g = ki.generations[-1]
+                if g.revs:
+                    revs.append(g.revs[-1])
+                    if len(revs) >= limit:
+                        break
+            return revs, self.count_latest(key, end)
         total = 0
-        for ki in self.iter_range(key, end):
-            r = ki.get_rev(at_rev)
-            if r is not None:
-                if limit <= 0 or total < limit:
-                    revs.append(r)
-                total += 1
+        m = self.map
+        for k in self._irange(key, end):
+            ki = m[k]
+            last = ki.generations[-1].revs
+            if last and (last[-1] >> SUB_BITS) <= at_rev:
+                r = last[-1]  # live and unchanged since at_rev: the common case
+            else:
+                r = ki.get_rev(at_rev)
+                if r is None:
+                    continue
+            if limit <= 0 or total < limit:
+                revs.append(r)
+            total += 1
         return revs, total
 
-    def count_revisions(self, key: bytes, end: bytes, at_rev: int) -> int:
+    def count_revisions(self, key: bytes, end: bytes, at_rev: int, latest: bool = False) -> int:
+        if latest:
+            return self.count_latest(key, end)
         total = 0
         for ki in self.iter_range(key, end):
             if ki.get_rev(at_rev) is not None:
@@ -337,10 +381,11 @@ class TreeIndex:
             for k in removed:
                 del m[k]
             if len(removed) * 8 > len(m):
-                self.keys = SortedList(m)
+                self.rebuild_order()
             else:
                 for k in removed:
                     self.keys.remove(k)
+                    self.dead.discard(k)
         return available
 
     def keep(self, rev: int) -> set[int]:

@@ -196,6 +196,30 @@ class KVStore:
         """Read at ``rev`` (<= 0: latest). end b"": one key; end b"\\x00": no upper bound."""
         return self._range(key, end, self.rev, rev, limit, count_only)
 
+    def get_raw(self, key: bytes, rev: int = 0) -> bytes | None:
+        """Serialized KeyValue of one key at ``rev`` (<= 0: latest), or None: the fast path."""
+        cur = self.rev
+        if rev <= 0:
+            rev = cur
+        elif rev > cur:
+            raise ErrFutureRev()
+        if rev < self.compact_rev:
+            raise ErrCompacted()
+        ki = self.index.map.get(key)
+        if ki is None:
+            return None
+        last = ki.generations[-1].revs
+        if last and (last[-1] >> SUB_BITS) <= rev:
+            r = last[-1]
+        else:
+            r = ki.get_rev(rev)
+            if r is None:
+                return None
+        v = self.backend.get(BUCKET_KEY, _REV.pack(r >> SUB_BITS, _UNDERSCORE, r & SUB_MASK))
+        if v is None:
+            raise RuntimeError(f"mvcc: revision {r >> SUB_BITS} of {key!r} missing")
+        return v
+
     def _range(
         self, key: bytes, end: bytes, cur_rev: int, rev: int, limit: int, count_only: bool
     ) -> RangeResult:
@@ -206,8 +230,10 @@ class KVStore:
         if rev < self.compact_rev:
             raise ErrCompacted()
         idx = self.index
+        # cur_rev is the newest revision in the index (a write txn's own included)
+        latest = rev == cur_rev
         if count_only:
-            return RangeResult([], idx.count_revisions(key, end, rev), cur_rev)
+            return RangeResult([], idx.count_revisions(key, end, rev, latest), cur_rev)
         b = self.backend
         if not end:
             ki = idx.map.get(key)
@@ -220,10 +246,9 @@ class KVStore:
             if v is None:
                 raise RuntimeError(f"mvcc: revision {r >> SUB_BITS} of {key!r} missing")
             return RangeResult([v], 1, cur_rev)
-        revs, total = idx.revisions(key, end, rev, limit)
-        get = b.get
+        revs, total = idx.revisions(key, end, rev, limit, latest)
         pack = _REV.pack
-        kvs = [get(BUCKET_KEY, pack(r >> SUB_BITS, _UNDERSCORE, r & SUB_MASK)) for r in revs]
+        kvs = b.get_many(BUCKET_KEY, [pack(r >> SUB_BITS, _UNDERSCORE, r & SUB_MASK) for r in revs])
         if None in kvs:
             raise RuntimeError("mvcc: range failed to find a revision in the backend")
         return RangeResult(kvs, total, cur_rev)
@@ -437,7 +462,7 @@ class TxnWrite:
         ).SerializeToString()
         s.backend.seq_put(BUCKET_KEY, _REV.pack(rev, _UNDERSCORE, sub), kv)
         packed = (rev << SUB_BITS) | sub
-        if ki is None:
+        if ki is None or not ki.generations[-1].revs:
             ki = idx.put(key, packed)
         else:
             ki.put(packed)
@@ -456,6 +481,7 @@ class TxnWrite:
             return 0, at
         rev = self.rev + 1
         seq_put = s.backend.seq_put
+        dead_add = s.index.dead.add
         events = self.events
         hook = s.lease_hook
         rev_suffix = b"\x18" + encode_varint(rev)
@@ -465,6 +491,7 @@ class TxnWrite:
             seq_put(BUCKET_KEY, _REV.pack(rev, _UNDERSCORE, sub) + b"t", tomb)
             old_lease = ki.lease
             ki.tombstone((rev << SUB_BITS) | sub)
+            dead_add(ki.key)
             events.append((EVENT_DELETE, ki.key, tomb + rev_suffix))
             if old_lease and hook is not None:
                 hook(ki.key, old_lease, 0)

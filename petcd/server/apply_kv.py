@@ -164,6 +164,22 @@ class KVApplier:
 
     def range_encoded(self, req: RangeRequest, header: bytes) -> bytes:
         """Serialized RangeResponse; ``header`` is the encoded field 1 (tag, length, body)."""
+        if not req.range_end and not (
+            req.keys_only
+            or req.count_only
+            or req.min_mod_revision
+            or req.max_mod_revision
+            or req.min_create_revision
+            or req.max_create_revision
+        ):
+            # One key, nothing to parse: sort and limit cannot change a 0/1-item answer.
+            v = self.kv.get_raw(req.key, req.revision)
+            if v is None:
+                return header
+            n = len(v)
+            return (
+                header + b"\x12" + (_VARINT[n] if n < 16384 else encode_varint(n)) + v + b"\x20\x01"
+            )
         body, _ = self._range_body(self.kv.read(), req)
         return header + body
 

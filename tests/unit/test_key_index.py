@@ -200,3 +200,29 @@ def test_tree_index_ranges_and_compaction():
     assert keep == {R(2), R(4), R(6)}
     assert b"b" not in ti.map and list(ti.keys) == [b"a", b"c", b"d"]
     assert ti.keep(6) == {R(2), R(4), R(6)}
+
+
+def test_latest_counts_track_deletes_recreates_and_compaction():
+    import random
+
+    rnd = random.Random(7)
+    ti = TreeIndex()
+    main = 1
+    keys = [b"k%02d" % i for i in range(40)]
+    for step in range(600):
+        main += 1
+        k = rnd.choice(keys)
+        ki = ti.key_index(k)
+        if ki is not None and ki.is_live() and rnd.random() < 0.4:
+            ti.tombstone(k, R(main))
+        else:
+            ti.put(k, R(main))
+        if step % 97 == 0:
+            ti.compact(main - 5)
+        for lo, hi in ((b"k05", b"k20"), (b"k", b"\x00"), (b"k10", b""), (b"k30", b"k10")):
+            brute = ti.count_revisions(lo, hi, main)
+            assert ti.count_latest(lo, hi) == brute
+            full, total = ti.revisions(lo, hi, main)
+            assert total == brute
+            assert ti.revisions(lo, hi, main, limit=3, latest=True) == (full[:3], total)
+    assert list(ti.dead) == sorted(k for k, ki in ti.map.items() if not ki.is_live())

@@ -40,6 +40,8 @@ def state(s: KVStore) -> dict:
         out[r] = s.range(b"\x00", b"\x00", rev=r).kvs
     # generation metadata of a restored tombstone-only generation is not observable
     out["index"] = {k: [g.revs for g in ki.generations] for k, ki in s.index.map.items()}
+    out["dead"] = list(s.index.dead)
+    out["count"] = s.range(b"\x00", b"\x00", count_only=True).count
     return out
 
 
