@@ -1,0 +1,71 @@
+"""Hand-rolled protobuf encoding for the hot paths.
+
+Responses on the request path are built by byte concatenation (header + raw KeyValue
+bytes straight from the backend) instead of building message objects; these helpers
+produce exactly what the generated classes would serialize.
+"""
+
+from __future__ import annotations
+
+
+def varint(n: int) -> bytes:
+    if n < 0:
+        n &= (1 << 64) - 1  # int64 negatives are 10-byte two's complement on the wire
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Decode a varint at pos; return (value, next position)."""
+    result = 0
+    shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def field_bytes(field_no: int, payload: bytes) -> bytes:
+    """A length-delimited field (wire type 2)."""
+    return varint((field_no << 3) | 2) + varint(len(payload)) + payload
+
+
+def field_varint(field_no: int, value: int) -> bytes:
+    """A varint field (wire type 0); proto3 omits zero values, so callers skip 0."""
+    return varint(field_no << 3) + varint(value)
+
+
+class HeaderEncoder:
+    """Serialized etcdserverpb.ResponseHeader for a fixed cluster and member."""
+
+    __slots__ = ("_prefix", "_cache_key", "_cache")
+
+    def __init__(self, cluster_id: int, member_id: int) -> None:
+        self._prefix = (field_varint(1, cluster_id) if cluster_id else b"") + (
+            field_varint(2, member_id) if member_id else b""
+        )
+        self._cache_key = (-1, -1)
+        self._cache = b""
+
+    def header(self, revision: int, term: int) -> bytes:
+        """The header as the body of field 1 of a response (tag and length included)."""
+        if (revision, term) == self._cache_key:
+            return self._cache
+        body = self._prefix
+        if revision:
+            body += b"\x18" + varint(revision)
+        if term:
+            body += b"\x20" + varint(term)
+        out = b"\x0a" + varint(len(body)) + body
+        self._cache_key = (revision, term)
+        self._cache = out
+        return out

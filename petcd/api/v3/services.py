@@ -1,0 +1,336 @@
+"""The v3 gRPC services: KV, Maintenance and Cluster on top of EtcdServer.
+
+Handlers are registered as generic handlers that take and return raw bytes: requests
+are parsed once with the C protobuf runtime, and hot responses are assembled by byte
+concatenation (header + body) instead of building message objects. Services that later
+issues build (Watch, Lease, Auth, ...) are not registered, so gRPC answers them with
+UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from petcd import log
+from petcd.errors import ErrNotLeader, ErrRequestTooLarge, EtcdError
+from petcd.proto.etcdserverpb import rpc_pb2
+from petcd.server import apply_kv
+from petcd.server.etcdserver import (
+    F_ALARM,
+    F_COMPACTION,
+    F_DELETE_RANGE,
+    F_PUT,
+    F_TXN,
+    EtcdServer,
+)
+
+_log = log.get("v3rpc")
+
+SNAPSHOT_CHUNK = 32 * 1024
+# etcd's quota cost of a request: its size plus the bolt overhead of a key.
+KV_OVERHEAD = 256
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def _unary(fn: Handler) -> grpc.RpcMethodHandler:
+    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await fn(raw, ctx)
+        except EtcdError as e:
+            await ctx.abort(e.code, e.message)
+            raise  # unreachable: abort raises
+
+    return grpc.unary_unary_rpc_method_handler(call)
+
+
+def _stream_out(
+    fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]],
+) -> grpc.RpcMethodHandler:
+    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in fn(raw, ctx):
+                yield chunk
+        except EtcdError as e:
+            await ctx.abort(e.code, e.message)
+
+    return grpc.unary_stream_rpc_method_handler(call)
+
+
+class KVService:
+    def __init__(self, srv: EtcdServer) -> None:
+        self.srv = srv
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "etcdserverpb.KV",
+            {
+                "Range": _unary(self.range),
+                "Put": _unary(self.put),
+                "DeleteRange": _unary(self.delete_range),
+                "Txn": _unary(self.txn),
+                "Compact": _unary(self.compact),
+            },
+        )
+
+    async def range(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.RangeRequest.FromString(raw)
+        if not req.serializable:
+            await srv.linearizable_barrier()
+        return srv.applier.range_encoded(req, srv.header_bytes())
+
+    def _check_size(self, raw: bytes) -> None:
+        if len(raw) > self.srv.max_request_bytes:
+            raise ErrRequestTooLarge()
+
+    async def put(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.PutRequest.FromString(raw)
+        apply_kv.check_put_request(req)
+        self._check_size(raw)
+        srv.check_quota(len(raw) + KV_OVERHEAD)
+        res = await srv.propose(F_PUT, raw, req)
+        return srv.header.header(res.revision, srv.term) + res.resp.SerializeToString()
+
+    async def delete_range(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.DeleteRangeRequest.FromString(raw)
+        apply_kv.check_delete_request(req)
+        self._check_size(raw)
+        res = await srv.propose(F_DELETE_RANGE, raw, req)
+        return srv.header.header(res.revision, srv.term) + res.resp.SerializeToString()
+
+    async def txn(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.TxnRequest.FromString(raw)
+        apply_kv.check_txn_request(req, srv.max_txn_ops)
+        self._check_size(raw)
+        if _txn_is_read_only(req):
+            # etcd serves read-only txns without Raft (after the ReadIndex barrier unless serializable)
+            if not _txn_is_serializable(req):
+                await srv.linearizable_barrier()
+            resp = srv.applier.txn(req)
+            return srv.header_bytes() + resp.SerializeToString()
+        if _txn_has_put(req):
+            srv.check_quota(len(raw) + KV_OVERHEAD)
+        res = await srv.propose(F_TXN, raw, req)
+        return srv.header.header(res.revision, srv.term) + res.resp.SerializeToString()
+
+    async def compact(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.CompactionRequest.FromString(raw)
+        # The applier compacts synchronously, so `physical` holds once the entry is applied.
+        res = await srv.propose(F_COMPACTION, raw, req)
+        return srv.header.header(res.revision, srv.term)
+
+
+def _txn_ops(req):
+    for op in req.success:
+        yield op
+    for op in req.failure:
+        yield op
+
+
+def _txn_is_read_only(req) -> bool:
+    for op in _txn_ops(req):
+        which = op.WhichOneof("request")
+        if which == "request_range":
+            continue
+        if which == "request_txn" and _txn_is_read_only(op.request_txn):
+            continue
+        return False
+    return True
+
+
+def _txn_is_serializable(req) -> bool:
+    for op in _txn_ops(req):
+        which = op.WhichOneof("request")
+        if which == "request_range" and not op.request_range.serializable:
+            return False
+        if which == "request_txn" and not _txn_is_serializable(op.request_txn):
+            return False
+    return True
+
+
+def _txn_has_put(req) -> bool:
+    for op in _txn_ops(req):
+        which = op.WhichOneof("request")
+        if which == "request_put":
+            return True
+        if which == "request_txn" and _txn_has_put(op.request_txn):
+            return True
+    return False
+
+
+class MaintenanceService:
+    def __init__(self, srv: EtcdServer) -> None:
+        self.srv = srv
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "etcdserverpb.Maintenance",
+            {
+                "Alarm": _unary(self.alarm),
+                "Status": _unary(self.status),
+                "Defragment": _unary(self.defragment),
+                "Hash": _unary(self.hash),
+                "HashKV": _unary(self.hash_kv),
+                "Snapshot": _stream_out(self.snapshot),
+                "MoveLeader": _unary(self.move_leader),
+            },
+        )
+
+    def _header(self) -> rpc_pb2.ResponseHeader:
+        srv = self.srv
+        return rpc_pb2.ResponseHeader(
+            cluster_id=srv.cluster.cluster_id,
+            member_id=srv.id,
+            revision=srv.kv.rev,
+            raft_term=srv.term,
+        )
+
+    async def alarm(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.AlarmRequest.FromString(raw)
+        if req.action == rpc_pb2.AlarmRequest.GET:
+            resp = rpc_pb2.AlarmResponse(alarms=srv.alarm_list(req.memberID, req.alarm))
+            resp.header.CopyFrom(self._header())
+            return resp.SerializeToString()
+        res = await srv.propose(F_ALARM, raw, req)
+        return srv.header.header(res.revision, srv.term) + res.resp.SerializeToString()
+
+    async def status(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        resp = rpc_pb2.StatusResponse(
+            version=srv.version(),
+            dbSize=srv.backend.size(),
+            leader=srv.lead,
+            raftIndex=srv.committed_index,
+            raftTerm=srv.term,
+            raftAppliedIndex=srv.applied_index,
+            errors=[_alarm_string(a) for a in srv.alarm_list()],
+            dbSizeInUse=srv.backend.size_in_use(),
+            isLearner=False,
+        )
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+    async def defragment(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        _log.info("starting defragment")
+        # Like etcd, defragmentation blocks this member (the apply loop runs on this thread).
+        srv.backend.commit()
+        srv.backend.defrag()
+        _log.info("finished defragment")
+        resp = rpc_pb2.DefragmentResponse()
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+    async def hash(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        srv.backend.commit()
+        resp = rpc_pb2.HashResponse(hash=srv.kv.hash())
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+    async def hash_kv(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.HashKVRequest.FromString(raw)
+        h, compact_rev, hash_rev = srv.kv.hash_kv(req.revision)
+        resp = rpc_pb2.HashKVResponse(hash=h, compact_revision=compact_rev)
+        if hasattr(resp, "hash_revision"):
+            resp.hash_revision = hash_rev
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+    async def snapshot(self, raw: bytes, ctx) -> AsyncIterator[bytes]:
+        srv = self.srv
+        loop = asyncio.get_running_loop()
+        srv.backend.commit()
+        fd, path = tempfile.mkstemp(prefix="snapshot-", dir=srv.snap_dir)
+        os.close(fd)
+        try:
+            await loop.run_in_executor(None, srv.backend.snapshot, path)
+            total = os.path.getsize(path)
+            _log.info("sending database snapshot to client", **{"size-bytes": total})
+            header = self._header()
+            sha = hashlib.sha256()
+            sent = 0
+            with open(path, "rb") as f:
+                while sent < total:
+                    buf = await loop.run_in_executor(None, f.read, SNAPSHOT_CHUNK)
+                    if not buf:
+                        break
+                    sent += len(buf)
+                    sha.update(buf)
+                    resp = rpc_pb2.SnapshotResponse(
+                        header=header, remaining_bytes=total - sent, blob=buf
+                    )
+                    yield resp.SerializeToString()
+            yield rpc_pb2.SnapshotResponse(
+                header=header, remaining_bytes=0, blob=sha.digest()
+            ).SerializeToString()
+            _log.info("sent database snapshot to client", **{"size-bytes": total})
+        finally:
+            os.unlink(path)
+
+    async def move_leader(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.MoveLeaderRequest.FromString(raw)
+        if not srv.is_leader():
+            raise ErrNotLeader()
+        if req.targetID != srv.id:
+            from petcd.errors import ErrBadLeaderTransferee
+
+            raise ErrBadLeaderTransferee()
+        resp = rpc_pb2.MoveLeaderResponse()
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+
+def _alarm_string(a) -> str:
+    # etcd prints AlarmMember in protobuf text form: "memberID:<id> alarm:NOSPACE "
+    return f"memberID:{a.memberID} alarm:{rpc_pb2.AlarmType.Name(a.alarm)} "
+
+
+class ClusterService:
+    def __init__(self, srv: EtcdServer) -> None:
+        self.srv = srv
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "etcdserverpb.Cluster", {"MemberList": _unary(self.member_list)}
+        )
+
+    async def member_list(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        resp = rpc_pb2.MemberListResponse()
+        for m in srv.cluster.member_list():
+            resp.members.add(
+                ID=m.id,
+                name=m.name,
+                peerURLs=m.peer_urls,
+                clientURLs=m.client_urls,
+                isLearner=m.is_learner,
+            )
+        resp.header.CopyFrom(
+            rpc_pb2.ResponseHeader(
+                cluster_id=srv.cluster.cluster_id, member_id=srv.id, raft_term=srv.term
+            )
+        )
+        return resp.SerializeToString()
+
+
+def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:
+    return [
+        KVService(srv).handlers(),
+        MaintenanceService(srv).handlers(),
+        ClusterService(srv).handlers(),
+    ]

@@ -1,0 +1,635 @@
+"""The member: drives Raft, persists to the WAL, applies committed entries.
+
+This is the only place where the pure Raft state machine meets I/O. One asyncio loop
+owns everything; WAL fsyncs run in a worker thread so proposals keep arriving (and
+batch up) while the disk works. A write is acknowledged only after its entry was
+fsynced to the WAL and applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from petcd import log
+from petcd.api.v3.codec import HeaderEncoder, read_varint, varint
+from petcd.backend.backend import Backend
+from petcd.errors import (
+    ErrNoLeader,
+    ErrNoSpace,
+    ErrStopped,
+    ErrTimeout,
+    ErrTooManyRequests,
+    EtcdError,
+)
+from petcd.mvcc.kvstore import KVStore
+from petcd.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
+from petcd.proto.membershippb import membership_pb2
+from petcd.raft import MemoryStorage, ProposalDropped, RaftConfig, RawNode, decode_conf_change
+from petcd.raft.types import ConfState, Entry, EntryType, Snapshot, SnapshotMetadata
+from petcd.server.apply_kv import KVApplier
+from petcd.server.ids import RequestIDGenerator, cluster_id, member_id
+from petcd.server.membership import Member, RaftCluster
+from petcd.version import CLUSTER_VERSION, ETCD_VERSION
+from petcd.wal.snap import Snapshotter
+from petcd.wal.wal import WAL, wal_exists
+
+_log = log.get("etcdserver")
+
+# InternalRaftRequest field numbers (etcd's raft_internal.proto): the entry payload.
+F_RANGE = 3
+F_PUT = 4
+F_DELETE_RANGE = 5
+F_TXN = 6
+F_COMPACTION = 7
+F_LEASE_GRANT = 8
+F_LEASE_REVOKE = 9
+F_ALARM = 10
+F_CLUSTER_VERSION_SET = 1300
+F_CLUSTER_MEMBER_ATTR_SET = 1301
+
+_PARSERS: dict[int, Callable[[bytes], Any]] = {
+    F_RANGE: rpc_pb2.RangeRequest.FromString,
+    F_PUT: rpc_pb2.PutRequest.FromString,
+    F_DELETE_RANGE: rpc_pb2.DeleteRangeRequest.FromString,
+    F_TXN: rpc_pb2.TxnRequest.FromString,
+    F_COMPACTION: rpc_pb2.CompactionRequest.FromString,
+    F_ALARM: rpc_pb2.AlarmRequest.FromString,
+    F_CLUSTER_VERSION_SET: membership_pb2.ClusterVersionSetRequest.FromString,
+    F_CLUSTER_MEMBER_ATTR_SET: membership_pb2.ClusterMemberAttrSetRequest.FromString,
+}
+
+# etcd: requests beyond this many uncommitted-but-unapplied entries are refused.
+MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
+# etcd keeps this many entries in the Raft log after a snapshot for slow followers.
+SNAPSHOT_CATCHUP_ENTRIES = 5000
+ALARM_BUCKET = "alarm"
+WARN_APPLY_DURATION = 0.1
+
+
+def encode_internal(req_id: int, field_no: int, payload: bytes) -> bytes:
+    """Serialize an InternalRaftRequest{ID, <field_no>: payload} without building objects."""
+    return b"\x08" + varint(req_id) + varint((field_no << 3) | 2) + varint(len(payload)) + payload
+
+
+def decode_internal(data: bytes) -> tuple[int, int, Any]:
+    """(request id, field number, parsed request) of an entry's InternalRaftRequest."""
+    try:
+        if data[0] == 0x08:
+            rid, pos = read_varint(data, 1)
+            tag, pos = read_varint(data, pos)
+            n, pos = read_varint(data, pos)
+            field_no = tag >> 3
+            if tag & 7 == 2 and pos + n == len(data) and field_no in _PARSERS:
+                return rid, field_no, _PARSERS[field_no](data[pos : pos + n])
+    except IndexError:
+        pass
+    # Not our compact form: parse generically.
+    r = raft_internal_pb2.InternalRaftRequest.FromString(data)
+    for fd, value in r.ListFields():
+        if fd.number in _PARSERS:
+            return r.ID, fd.number, value
+    return r.ID, 0, None
+
+
+@dataclass(slots=True)
+class _Wait:
+    fut: asyncio.Future
+    req: Any
+    deadline: float
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    resp: Any
+    revision: int
+
+
+class EtcdServer:
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.name: str = cfg.name
+        self.data_dir: str = cfg.effective_data_dir()
+        self.member_dir = os.path.join(self.data_dir, "member")
+        self.wal_dir = cfg.effective_wal_dir()
+        self.snap_dir = os.path.join(self.member_dir, "snap")
+        self.quota_bytes: int = cfg.effective_quota_bytes()
+        self.max_request_bytes: int = cfg.max_request_bytes
+        self.max_txn_ops: int = cfg.max_txn_ops
+        self.snapshot_count: int = cfg.snapshot_count
+        self.heartbeat_s: float = cfg.heartbeat_interval / 1000.0
+        self.request_timeout_s: float = 5.0 + 2 * cfg.election_timeout / 1000.0
+
+        self.id = 0
+        self.cluster: RaftCluster
+        self.wal: WAL
+        self.backend: Backend
+        self.kv: KVStore
+        self.applier: KVApplier
+        self.node: RawNode
+        self.storage: MemoryStorage
+        self.snapshotter: Snapshotter
+        self.header: HeaderEncoder
+        self.alarms: dict[tuple[int, int], Any] = {}  # (member id, alarm type) -> AlarmMember
+
+        self._waits: dict[int, _Wait] = {}
+        self._reqid: RequestIDGenerator
+        self._wake = asyncio.Event()
+        self._stopped = False
+        self._fatal: BaseException | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._wal_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wal")
+        self._io_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="io")
+
+        self.applied_index = 0
+        self.committed_index = 0
+        self.lead = 0
+        self._snapshot_index = 0
+        self._conf_state = ConfState()
+        self._applied_waiters: list[tuple[int, asyncio.Future]] = []
+        # ReadIndex batching: reads queue on _next_read; one round serves them all.
+        self._next_read: asyncio.Future | None = None
+        self._read_rounds: dict[bytes, asyncio.Future] = {}
+        self._read_seq = 0
+        self.leader_ready = asyncio.Event()
+        self.published = asyncio.Event()
+        self.fatal_event = asyncio.Event()
+        self.on_leader_change: list[Callable[[int], None]] = []
+
+    # ------------------------------------------------------------------ startup
+
+    def open(self) -> None:
+        """Open or create the data dir, replay the WAL, restore Raft and MVCC."""
+        cfg = self.cfg
+        os.makedirs(self.snap_dir, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)
+        self.snapshotter = Snapshotter(self.snap_dir)
+        self.backend = Backend(
+            os.path.join(self.snap_dir, "db"),
+            map_size=max(2 * self.quota_bytes, 4 << 30),
+        )
+        self.kv = KVStore(self.backend)
+        self.storage = MemoryStorage()
+        peers: list[int] | None = None
+        if wal_exists(self.wal_dir):
+            snap = self.snapshotter.load()
+            self.wal, st = WAL.open(self.wal_dir, snap.metadata if snap else None)
+            self.id, cid = _decode_wal_metadata(st.metadata)
+            if snap is not None:
+                self.storage.apply_snapshot(snap)
+                self._snapshot_index = snap.metadata.index
+                self._conf_state = snap.metadata.conf_state
+            self.storage.set_hard_state(st.hard_state)
+            self.storage.append(st.entries)
+            self.cluster = RaftCluster(cid, self.id)
+            self.cluster.load(self.backend)
+            _log.info(
+                "restarting local member",
+                **{"cluster-id": f"{cid:x}", "local-member-id": f"{self.id:x}",
+                   "commit-index": st.hard_state.commit},
+            )
+        else:
+            cfg.check_bootstrap()
+            urls = list(cfg.initial_advertise_peer_urls)
+            self.id = member_id(urls, cfg.initial_cluster_token)
+            cid = cluster_id([self.id])
+            self.cluster = RaftCluster(cid, self.id)
+            self.cluster.add(Member(self.id, self.name, list(urls), []))
+            self.cluster.save(self.backend)
+            self.backend.commit()
+            self.wal = WAL.create(self.wal_dir, _encode_wal_metadata(self.id, cid))
+            peers = [self.id]
+            _log.info(
+                "starting local member",
+                **{"local-member-id": f"{self.id:x}", "cluster-id": f"{cid:x}"},
+            )
+        self.header = HeaderEncoder(self.cluster.cluster_id, self.id)
+        self._reqid = RequestIDGenerator(self.id)
+        self.applier = KVApplier(self.kv)
+        self._load_alarms()
+        applied = max(self._snapshot_index, 0)
+        self.applied_index = applied
+        rcfg = RaftConfig(
+            id=self.id,
+            election_tick=max(1, cfg.election_timeout // cfg.heartbeat_interval),
+            heartbeat_tick=1,
+            applied=applied,
+        )
+        self.node = RawNode(rcfg, self.storage, peers=peers)
+
+    def _load_alarms(self) -> None:
+        for _k, v in self.backend.range(ALARM_BUCKET, b""):
+            a = rpc_pb2.AlarmMember.FromString(bytes(v))
+            self.alarms[(a.memberID, a.alarm)] = a
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._tasks = [
+            loop.create_task(self._raft_loop(), name="raft-loop"),
+            loop.create_task(self._ticker(), name="ticker"),
+            loop.create_task(self._backend_committer(), name="backend-commit"),
+        ]
+        # A single voter needs no election timeout to pass: campaign at once.
+        if self._voters() == [self.id]:
+            self.node.campaign()
+            self._wake.set()
+
+    def _voters(self) -> list[int]:
+        return sorted(self.node.status().voters)
+
+    async def publish(self) -> None:
+        """Publish this member's name and client URLs through Raft, as etcd does at start."""
+        req = membership_pb2.ClusterMemberAttrSetRequest(
+            member_ID=self.id,
+            member_attributes=membership_pb2.Attributes(
+                name=self.name, client_urls=list(self.cfg.advertise_client_urls)
+            ),
+        )
+        await self.propose(F_CLUSTER_MEMBER_ATTR_SET, req.SerializeToString(), req)
+        _log.info(
+            "published local member to cluster through raft",
+            **{"local-member-id": f"{self.id:x}",
+               "local-member-attributes": f"{{Name:{self.name} ClientURLs:"
+               f"[{' '.join(self.cfg.advertise_client_urls)}]}}",
+               "cluster-id": f"{self.cluster.cluster_id:x}"},
+        )
+        self.published.set()
+
+    async def set_cluster_version(self) -> None:
+        if self.cluster.version is None:
+            _log.info("setting up initial cluster version", **{"cluster-version": CLUSTER_VERSION})
+            req = membership_pb2.ClusterVersionSetRequest(ver=CLUSTER_VERSION + ".0")
+            await self.propose(F_CLUSTER_VERSION_SET, req.SerializeToString(), req)
+        _log.info(
+            f"enabled capabilities for version {CLUSTER_VERSION}",
+            **{"cluster-version": CLUSTER_VERSION},
+        )
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._wake.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        for w in self._waits.values():
+            if not w.fut.done():
+                w.fut.set_exception(ErrStopped())
+        self._waits.clear()
+        try:
+            self.backend.commit()
+            self.backend.sync()
+            self.backend.close()
+        finally:
+            self.wal.close()
+            self._wal_pool.shutdown(wait=True)
+            self._io_pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ proposing
+
+    def check_quota(self, cost: int) -> None:
+        """etcd's quota check: refuse a write that would grow the db past the quota."""
+        if (self.backend.size() + cost) > self.quota_bytes:
+            if (self.id, rpc_pb2.AlarmType.NOSPACE) not in self.alarms:
+                req = rpc_pb2.AlarmRequest(
+                    action=rpc_pb2.AlarmRequest.ACTIVATE,
+                    memberID=self.id,
+                    alarm=rpc_pb2.AlarmType.NOSPACE,
+                )
+                self._propose_nowait(F_ALARM, req.SerializeToString(), req)
+            raise ErrNoSpace()
+
+    @property
+    def nospace(self) -> bool:
+        return any(k[1] == rpc_pb2.AlarmType.NOSPACE for k in self.alarms)
+
+    def _propose_nowait(self, field_no: int, payload: bytes, req: Any) -> tuple[int, asyncio.Future]:
+        if self._fatal is not None:
+            raise ErrStopped()
+        if self.committed_index - self.applied_index > MAX_GAP_BETWEEN_APPLY_AND_COMMIT:
+            raise ErrTooManyRequests()
+        rid = self._reqid.next()
+        fut = self._loop.create_future()
+        try:
+            self.node.propose(encode_internal(rid, field_no, payload))
+        except ProposalDropped:
+            raise ErrNoLeader() from None
+        self._waits[rid] = _Wait(fut, req, time.monotonic() + self.request_timeout_s)
+        self._wake.set()
+        return rid, fut
+
+    async def propose(self, field_no: int, payload: bytes, req: Any) -> ApplyResult:
+        """Propose an InternalRaftRequest and wait until it is applied; return its result."""
+        if self._stopped:
+            raise ErrStopped()
+        _rid, fut = self._propose_nowait(field_no, payload, req)
+        res = await fut
+        if isinstance(res, EtcdError):
+            raise res
+        return res
+
+    # ------------------------------------------------------------------ reads
+
+    async def linearizable_barrier(self) -> None:
+        """Wait until this member has applied everything committed before the call (ReadIndex)."""
+        fut = self._next_read
+        if fut is None:
+            fut = self._next_read = self._loop.create_future()
+            self._wake.set()
+        await fut
+
+    def _start_read_round(self) -> None:
+        fut = self._next_read
+        if fut is None:
+            return
+        self._next_read = None
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        self._read_rounds[ctx] = fut
+        self.node.read_index(ctx)
+
+    def _wait_applied(self, index: int, fut: asyncio.Future) -> None:
+        if self.applied_index >= index:
+            if not fut.done():
+                fut.set_result(None)
+        else:
+            self._applied_waiters.append((index, fut))
+
+    # ------------------------------------------------------------------ raft loop
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            self.node.tick()
+            self._wake.set()
+            self._expire_waits()
+
+    def _expire_waits(self) -> None:
+        if not self._waits:
+            return
+        now = time.monotonic()
+        expired = []
+        for rid, w in self._waits.items():
+            if w.deadline > now:
+                break
+            expired.append(rid)
+        for rid in expired:
+            w = self._waits.pop(rid)
+            if not w.fut.done():
+                w.fut.set_result(ErrTimeout())
+
+    async def _backend_committer(self) -> None:
+        interval = self.backend_batch_interval()
+        while True:
+            await asyncio.sleep(interval)
+            self.backend.maybe_commit()
+
+    def backend_batch_interval(self) -> float:
+        return getattr(self.backend, "batch_interval", 0.1)
+
+    async def _raft_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        node = self.node
+        try:
+            while not self._stopped:
+                if self._next_read is not None and self.lead == self.id:
+                    self._start_read_round()
+                if not node.has_ready():
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                rd = node.ready()
+                if rd.soft_state is not None:
+                    self._on_soft_state(rd.soft_state)
+                if rd.snapshot is not None and rd.snapshot.metadata.index > 0:
+                    raise RuntimeError("receiving Raft snapshots is not supported yet")
+                if rd.entries or rd.hard_state is not None:
+                    await loop.run_in_executor(
+                        self._wal_pool, self.wal.save, rd.hard_state, rd.entries
+                    )
+                    if rd.hard_state is not None:
+                        self.storage.set_hard_state(rd.hard_state)
+                        self.committed_index = rd.hard_state.commit
+                    if rd.entries:
+                        self.storage.append(rd.entries)
+                # (messages go to the peer transport once clustering exists)
+                if rd.committed_entries:
+                    self._apply_entries(rd.committed_entries)
+                if rd.read_states:
+                    for rs in rd.read_states:
+                        fut = self._read_rounds.pop(rs.request_ctx, None)
+                        if fut is not None:
+                            self._wait_applied(rs.index, fut)
+                node.advance(rd)
+                self.backend.maybe_commit()
+                if self.applied_index - self._snapshot_index >= self.snapshot_count:
+                    await self._snapshot()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a storage failure: stop serving rather than lie
+            self._fatal = e
+            _log.error("raft loop failed; stopping", error=repr(e))
+            for w in self._waits.values():
+                if not w.fut.done():
+                    w.fut.set_result(ErrStopped())
+            self._waits.clear()
+            self.fatal_event.set()
+            raise
+
+    def _on_soft_state(self, ss) -> None:
+        lead = ss.lead
+        if lead != self.lead:
+            self.lead = lead
+            if lead:
+                _log.info(
+                    "raft.node: elected leader",
+                    **{"local-member-id": f"{self.id:x}", "leader": f"{lead:x}",
+                       "term": self.node.term},
+                )
+                if lead == self.id:
+                    self.leader_ready.set()
+            else:
+                _log.warning("raft.node: lost leader", **{"local-member-id": f"{self.id:x}"})
+            for cb in self.on_leader_change:
+                cb(lead)
+
+    # ------------------------------------------------------------------ apply
+
+    def _apply_entries(self, entries: list[Entry]) -> None:
+        kv = self.kv
+        waits = self._waits
+        skip_to = kv.consistent_index
+        for e in entries:
+            idx = e.index
+            if idx <= self.applied_index:
+                continue
+            if e.type == EntryType.CONF_CHANGE:
+                self._apply_conf_change(e)
+            elif e.data and idx > skip_to:
+                rid, field_no, req = decode_internal(e.data)
+                w = waits.pop(rid, None)
+                if w is not None:
+                    req = w.req
+                try:
+                    res: Any = self._dispatch(field_no, req)
+                except EtcdError as err:
+                    res = err
+                if w is not None and not w.fut.done():
+                    w.fut.set_result(res)
+            if idx > skip_to:
+                kv.consistent_index = idx
+            self.applied_index = idx
+        if self._applied_waiters:
+            keep = []
+            for index, fut in self._applied_waiters:
+                if index <= self.applied_index:
+                    if not fut.done():
+                        fut.set_result(None)
+                else:
+                    keep.append((index, fut))
+            self._applied_waiters = keep
+
+    def _apply_conf_change(self, e: Entry) -> None:
+        self._conf_state = self.node.apply_conf_change(decode_conf_change(e.data))
+
+    def _dispatch(self, field_no: int, req: Any) -> Any:
+        ap = self.applier
+        if field_no == F_PUT:
+            if self.nospace:
+                raise ErrNoSpace()
+            return ApplyResult(ap.put(req), self.kv.rev)
+        if field_no == F_TXN:
+            if self.nospace and _txn_has_put(req):
+                raise ErrNoSpace()
+            return ApplyResult(ap.txn(req), self.kv.rev)
+        if field_no == F_DELETE_RANGE:
+            return ApplyResult(ap.delete_range(req), self.kv.rev)
+        if field_no == F_COMPACTION:
+            return ApplyResult(ap.compact(req), self.kv.rev)
+        if field_no == F_ALARM:
+            return ApplyResult(self._apply_alarm(req), self.kv.rev)
+        if field_no == F_CLUSTER_MEMBER_ATTR_SET:
+            m = self.cluster.members.get(req.member_ID)
+            if m is not None:
+                m.name = req.member_attributes.name
+                m.client_urls = list(req.member_attributes.client_urls)
+                self.cluster.save(self.backend)
+            return ApplyResult(None, self.kv.rev)
+        if field_no == F_CLUSTER_VERSION_SET:
+            ver = req.ver.rsplit(".", 1)[0] if req.ver.count(".") >= 2 else req.ver
+            self.cluster.version = ver
+            self.cluster.save(self.backend)
+            _log.info("set initial cluster version", **{"cluster-version": ver})
+            return ApplyResult(None, self.kv.rev)
+        if field_no == F_RANGE:
+            return ApplyResult(ap.range(req), self.kv.rev)
+        raise EtcdError(f"etcdserver: unknown internal request field {field_no}")
+
+    def _apply_alarm(self, req) -> Any:
+        resp = rpc_pb2.AlarmResponse()
+        key = (req.memberID, req.alarm)
+        bkey = b"%016x:%d" % key
+        if req.action == rpc_pb2.AlarmRequest.ACTIVATE:
+            if req.alarm == rpc_pb2.AlarmType.NONE:
+                return resp
+            if key not in self.alarms:
+                a = rpc_pb2.AlarmMember(memberID=req.memberID, alarm=req.alarm)
+                self.alarms[key] = a
+                self.backend.put(ALARM_BUCKET, bkey, a.SerializeToString())
+                _log.warning(
+                    "alarm raised", alarm=rpc_pb2.AlarmType.Name(req.alarm),
+                    **{"from": f"{req.memberID:x}"},
+                )
+                resp.alarms.append(a)
+        elif req.action == rpc_pb2.AlarmRequest.DEACTIVATE:
+            a = self.alarms.pop(key, None)
+            if a is not None:
+                self.backend.delete(ALARM_BUCKET, bkey)
+                _log.warning(
+                    "alarm disarmed", alarm=rpc_pb2.AlarmType.Name(req.alarm),
+                    **{"from": f"{req.memberID:x}"},
+                )
+                resp.alarms.append(a)
+        else:
+            resp.alarms.extend(self.alarm_list())
+        return resp
+
+    def alarm_list(self, member: int = 0, alarm: int = 0) -> list:
+        return [
+            a for (m, t), a in sorted(self.alarms.items())
+            if (not member or m == member) and (not alarm or t == alarm)
+        ]
+
+    # ------------------------------------------------------------------ snapshots
+
+    async def _snapshot(self) -> None:
+        """Snapshot the state at the applied index and release the WAL behind it."""
+        index = self.applied_index
+        term = self.storage.term(index)
+        self.backend.commit()
+        await self._loop.run_in_executor(self._io_pool, self.backend.sync)
+        meta = SnapshotMetadata(index=index, term=term, conf_state=self._conf_state)
+        snap = Snapshot(metadata=meta, data=self.cluster.to_snapshot())
+        await self._loop.run_in_executor(self._wal_pool, self.snapshotter.save, snap)
+        await self._loop.run_in_executor(self._wal_pool, self.wal.save_snapshot, meta)
+        self.storage.create_snapshot(index, self._conf_state, snap.data)
+        self._snapshot_index = index
+        compact_to = index - SNAPSHOT_CATCHUP_ENTRIES
+        if compact_to > self.storage.first_index():
+            self.storage.compact(compact_to)
+        _log.info("saved snapshot", **{"snapshot-index": index})
+        max_wals = self.cfg.max_wals
+        max_snaps = self.cfg.max_snapshots
+        await self._loop.run_in_executor(
+            self._wal_pool, self._purge_files, index, max_wals, max_snaps
+        )
+
+    def _purge_files(self, index: int, max_wals: int, max_snaps: int) -> None:
+        if max_wals > 0:
+            self.wal.purge(index, max_wals)
+        if max_snaps > 0:
+            self.snapshotter.purge(max_snaps)
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def term(self) -> int:
+        return self.node.term
+
+    def is_leader(self) -> bool:
+        return self.lead == self.id
+
+    def version(self) -> str:
+        return ETCD_VERSION
+
+    def header_bytes(self, revision: int | None = None) -> bytes:
+        return self.header.header(self.kv.rev if revision is None else revision, self.node.term)
+
+
+def _txn_has_put(req) -> bool:
+    for op in list(req.success) + list(req.failure):
+        which = op.WhichOneof("request")
+        if which == "request_put":
+            return True
+        if which == "request_txn" and _txn_has_put(op.request_txn):
+            return True
+    return False
+
+
+def _encode_wal_metadata(member: int, cluster: int) -> bytes:
+    return member.to_bytes(8, "big") + cluster.to_bytes(8, "big")
+
+
+def _decode_wal_metadata(raw: bytes) -> tuple[int, int]:
+    return int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:16], "big")

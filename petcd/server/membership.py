@@ -1,0 +1,81 @@
+"""Cluster membership: the members, their attributes, and the cluster version.
+
+Stored in the backend's `members` bucket as JSON, one record per member keyed by its
+hex ID, so a restarted member knows its cluster without re-reading its flags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+MEMBERS_BUCKET = "members"
+CLUSTER_BUCKET = "cluster"
+CLUSTER_VERSION_KEY = b"clusterVersion"
+
+
+@dataclass(slots=True)
+class Member:
+    id: int
+    name: str = ""
+    peer_urls: list[str] = field(default_factory=list)
+    client_urls: list[str] = field(default_factory=list)
+    is_learner: bool = False
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "name": self.name,
+                "peerURLs": self.peer_urls,
+                "clientURLs": self.client_urls,
+                "isLearner": self.is_learner,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Member:
+        d = json.loads(raw)
+        return cls(
+            id=int(d["id"]),
+            name=d.get("name", ""),
+            peer_urls=list(d.get("peerURLs", [])),
+            client_urls=list(d.get("clientURLs", [])),
+            is_learner=bool(d.get("isLearner", False)),
+        )
+
+
+class RaftCluster:
+    def __init__(self, cluster_id: int, local_id: int) -> None:
+        self.cluster_id = cluster_id
+        self.local_id = local_id
+        self.members: dict[int, Member] = {}
+        self.version: str | None = None
+
+    def add(self, m: Member) -> None:
+        self.members[m.id] = m
+
+    def member_list(self) -> list[Member]:
+        return [self.members[k] for k in sorted(self.members)]
+
+    def save(self, backend) -> None:
+        for m in self.members.values():
+            backend.put(MEMBERS_BUCKET, b"%016x" % m.id, m.to_json())
+        if self.version:
+            backend.put(CLUSTER_BUCKET, CLUSTER_VERSION_KEY, self.version.encode())
+
+    def load(self, backend) -> None:
+        for _k, v in backend.range(MEMBERS_BUCKET, b""):
+            m = Member.from_json(v)
+            self.members[m.id] = m
+        ver = backend.get(CLUSTER_BUCKET, CLUSTER_VERSION_KEY)
+        if ver:
+            self.version = bytes(ver).decode()
+
+    def to_snapshot(self) -> bytes:
+        return json.dumps(
+            {
+                "members": [json.loads(m.to_json()) for m in self.member_list()],
+                "version": self.version,
+            }
+        ).encode()
