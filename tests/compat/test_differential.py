@@ -102,11 +102,19 @@ SESSION: list[tuple[tuple[str, ...], str | None]] = [
     (("get", "", "--from-key", "-w", "json"), None),
 ]
 
-_ID_FIELDS = re.compile(r'"(cluster_id|member_id|raft_term)":\d+')
+_NOISE = [
+    (re.compile(r'"(cluster_id|member_id|raft_term)":\d+'), r'"\1":X'),
+    (re.compile(r'"(ClusterID|MemberID|RaftTerm)" : \d+'), r'"\1" : X'),
+    # etcdctl's own client log lines carry a timestamp and a random client target
+    (re.compile(r'"ts":"[^"]*"'), '"ts":X'),
+    (re.compile(r'"target":"endpoint://client-[^"]*"'), '"target":X'),
+]
 
 
 def normalise(text: str) -> str:
-    return _ID_FIELDS.sub(r'"\1":X', text)
+    for pattern, repl in _NOISE:
+        text = pattern.sub(repl, text)
+    return text
 
 
 def run_session(server) -> list[tuple[str, int, str, str]]:

@@ -77,7 +77,7 @@ def test_nospace_alarm_and_recovery():
         value = os.urandom(300 * 1024).hex()[: 300 * 1024]
         err = None
         for i in range(40):
-            r = s.ctl("put", f"big{i}", value, check=False)
+            r = s.ctl("put", f"big{i}", input=value, check=False)  # too long for argv
             if r.returncode != 0:
                 err = r.stderr
                 break
