@@ -9,6 +9,7 @@ fsynced to the WAL and applied.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -168,6 +169,7 @@ class EtcdServer:
         cfg = self.cfg
         os.makedirs(self.snap_dir, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
+        self._lock_member_dir()
         self.snapshotter = Snapshotter(self.snap_dir)
         self.backend = Backend(
             os.path.join(self.snap_dir, "db"),
@@ -221,6 +223,18 @@ class EtcdServer:
             applied=applied,
         )
         self.node = RawNode(rcfg, self.storage, peers=peers)
+
+    def _lock_member_dir(self) -> None:
+        """One member per data dir: a second process must fail, not wait on the backend's lock."""
+        fd = os.open(self.member_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"data dir {self.data_dir} is in use by another etcd process"
+            ) from None
+        self._member_dir_fd = fd
 
     def _load_alarms(self) -> None:
         for _k, v in self.backend.range(ALARM_BUCKET, b""):

@@ -87,6 +87,7 @@ SESSION: list[tuple[tuple[str, ...], str | None]] = [
     (("del", "missing"), None),
     (("del", "--prefix", "nothing-here"), None),
     (("txn",), TXN_SUCCESS),
+    (("txn", "-i"), TXN_SUCCESS),
     (("txn", "-w", "json"), TXN_FAILURE),
     (("txn",), TXN_FAILURE),
     (("txn",), TXN_NESTED_RANGE),
