@@ -85,6 +85,7 @@ class ConfChange:
     type: int
     node_id: int
     context: bytes = b""
+    id: int = 0  # etcd threads a request id through here to wake the proposer
 
 
 @dataclass(slots=True)
