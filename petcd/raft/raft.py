@@ -319,10 +319,11 @@ class Raft:
             return
         if self.maybe_commit():
             self.bcast_append()
-        else:
-            for id in self.prs.progress:
-                if id != self.id:
-                    self.maybe_send_append(id, False)
+        for id in self.prs.progress:
+            if id != self.id:
+                # Fill the follower's window (several messages if size-limited).
+                while self.maybe_send_append(id, False):
+                    pass
 
     # -- transitions ----------------------------------------------------------
 

@@ -61,6 +61,7 @@ class SimNode:
         self.applied = 0  # durable state machine: last applied index and a hash chain
         self.hash = 0
         self.conf = ConfState()
+        self.read_states: list = []
 
     @property
     def alive(self) -> bool:
@@ -180,6 +181,7 @@ class Cluster:
             st.append(rd.entries)
             for m in rd.messages:
                 self.send(m)
+            sn.read_states += rd.read_states
             for e in rd.committed_entries:
                 self.apply(sn, e)
             n.advance(rd)
@@ -240,7 +242,9 @@ class Cluster:
         k = max(1, int(len(q) * frac))
         batch, self.queue = q[:k], q[k:]
         for m in batch:
-            sn = self.nodes[m.to]
+            sn = self.nodes.get(m.to)
+            if sn is None:
+                continue  # a member that was never started
             if sn.node is None or (m.frm, m.to) in self.cut:
                 if m.type == MessageType.SNAP:
                     self.snap_reports.append((m.frm, m.to, True))
