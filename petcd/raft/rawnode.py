@@ -201,8 +201,7 @@ class RawNode:
         msgs = r.msgs
         r.msgs = []
         rs = r.read_states
-        if rs:
-            r.read_states = []
+        r.read_states = []
         return Ready(
             soft_state=ss,
             hard_state=hs_out,

@@ -106,14 +106,20 @@ class Cluster:
         self.leaders: dict[int, int] = {}  # term -> leader
         self.applied_log: dict[int, tuple[int, int, bytes]] = {}  # index -> (term, type, data)
         self.hashes: dict[int, int] = {}  # index -> state hash after applying it
-        voters = [i for i in self.ids if i not in learners]
         for i in self.ids:
             sn = SimNode(i, MemoryStorage())
             self.nodes[i] = sn
-            sn.node = RawNode(self._config(i, 0), sn.storage, peers=voters)
-            for lr in learners:
-                sn.conf = sn.node.apply_conf_change(ConfChange(ConfChangeType.ADD_LEARNER_NODE, lr))
+            sn.node = RawNode(self._config(i, 0), sn.storage, peers=self.ids)
         self.process_all()
+        if learners:
+            # Learners are made through the log (so restarts recover them), on a
+            # reliable network; node 1 stays leader.
+            self.drop = self.dup = 0.0
+            self.elect(1)
+            for lr in learners:
+                self.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER_NODE, lr))
+                self.settle()
+            self.drop, self.dup = drop, dup
 
     def _config(self, id: int, applied: int) -> RaftConfig:
         return RaftConfig(
@@ -346,7 +352,9 @@ def run_random(seed: int, rounds: int = 250) -> Cluster:
         snapshot_every=rng.choice([0, 0, 8]),
         max_size_per_msg=rng.choice([1 << 20, 64]),
         max_inflight_msgs=rng.choice([256, 2]),
+        learners=(n,) if rng.random() < 0.4 else (),
     )
+    toggle_conf = bool(c.nodes[n].conf.learners) or rng.random() < 0.3
     seq = 0
     for _ in range(rounds):
         r = rng.random()
@@ -370,6 +378,20 @@ def run_random(seed: int, rounds: int = 250) -> Cluster:
             for i in c.ids:
                 if not c.nodes[i].alive:
                     c.restart(i)
+        elif r < 0.57 and toggle_conf:
+            # Promote/demote node n through the log (demoting a leader makes it step down).
+            lead = c.leader()
+            if lead:
+                ln = c.node(lead)
+                t = (
+                    ConfChangeType.ADD_LEARNER_NODE
+                    if n in ln.conf_state().voters
+                    else ConfChangeType.ADD_NODE
+                )
+                try:
+                    ln.propose_conf_change(ConfChange(t, n))
+                except ProposalDropped:
+                    pass
         c.step(frac=rng.choice([0.3, 1.0]))
     # Heal everything: the cluster must elect a leader and converge.
     c.heal()
