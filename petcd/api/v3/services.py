@@ -226,8 +226,9 @@ class MaintenanceService:
         srv = self.srv
         _log.info("starting defragment")
         # Like etcd, defragmentation blocks this member (the apply loop runs on this thread).
-        srv.backend.commit()
+        srv.commit_backend()
         srv.backend.defrag()
+        srv.db_size = srv.backend.size()
         _log.info("finished defragment")
         resp = rpc_pb2.DefragmentResponse()
         resp.header.CopyFrom(self._header())
@@ -235,7 +236,7 @@ class MaintenanceService:
 
     async def hash(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
-        srv.backend.commit()
+        srv.commit_backend()
         resp = rpc_pb2.HashResponse(hash=srv.kv.hash())
         resp.header.CopyFrom(self._header())
         return resp.SerializeToString()
@@ -253,7 +254,7 @@ class MaintenanceService:
     async def snapshot(self, raw: bytes, ctx) -> AsyncIterator[bytes]:
         srv = self.srv
         loop = asyncio.get_running_loop()
-        srv.backend.commit()
+        srv.commit_backend()
         fd, path = tempfile.mkstemp(prefix="snapshot-", dir=srv.snap_dir)
         os.close(fd)
         try:
