@@ -63,7 +63,8 @@ SESSION: list[tuple[tuple[str, ...], str | None]] = [
     (("get", "--from-key", ""), None),
     (("get", "--prefix", "foo", "--keys-only"), None),
     (("get", "--prefix", "foo", "--keys-only", "-w", "json"), None),
-    (("get", "--prefix", "foo", "--count-only", "-w", "json"), None),
+    (("put", "toolarge"), "x" * (1536 * 1024 + 100)),  # over --max-request-bytes
+    (("get", "toolarge"), None),
     (("get", "--prefix", "foo", "--sort-by=MODIFY", "--order=DESCEND"), None),
     (("get", "--prefix", "foo", "--sort-by=VALUE", "--order=ASCEND"), None),
     (("get", "--prefix", "foo", "--sort-by=CREATE", "--order=DESCEND", "--limit=2"), None),
