@@ -24,15 +24,24 @@ Replay rules (as etcd's ReadAll): an entry at index i replaces the entry at i an
 everything after it; the last hard state wins; metadata must be identical everywhere; the
 snapshot marker we open at must be present; a gap in indexes is an error.
 
-Torn tail vs corruption: a bad record in the last segment is a torn tail (truncated away,
-with a warning) when no valid record follows it, or when an all-zero 512-byte sector lies
-between it and the next valid record (the signature of a write that never reached the disk:
-everything after it came from the same unsynced write).  Otherwise, and for any bad record
+Preallocation (as etcd): a segment is extended to ``segment_size`` with posix_fallocate and
+fsynced once when it is created, so the per-append fdatasync has no file size change to
+journal.  A segment's *logical* end is therefore the end of its last record, not the file
+size: the reader stops at the first zero record header and, when everything after it is
+zero, that is simply the end of the segment (in any segment, no warning).  Appends resume at
+the logical end; LINK records hold logical sizes.
+
+Torn tail vs corruption: a bad record (or non-zero bytes after the last record) in the last
+segment is a torn tail (truncated away, with a warning, then preallocated again) when no
+valid record follows it, or when an all-zero 512-byte sector lies between it and the next
+valid record (the signature of a write that never reached the disk: everything after it
+came from the same unsynced write).  Otherwise, and for any bad record or non-zero garbage
 in an earlier segment, WALCorruptError is raised naming the file and the byte offset.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -81,6 +90,7 @@ _ENT_SIZE = _ENT.size
 _PADS = tuple(b"\0" * i for i in range(8))
 _ENTRIES_TAG = bytes((ENTRIES,))
 _SECTOR = 512
+_ZERO_CHUNK = 1 << 20
 
 _NAME_RE = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.wal$")
 
@@ -201,6 +211,23 @@ def _lock_dir(dirpath: str) -> int:
     return dir_fd
 
 
+def _preallocate(fd: int, size: int, sync: bool = True) -> bool:
+    """Extend the file to ``size`` bytes of allocated zeros (then fsync, with ``sync``).
+
+    Returns False when the filesystem cannot: the segment then just grows as it is written.
+    """
+    if os.fstat(fd).st_size >= size:
+        return True
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        log.debug("WAL: cannot preallocate %d bytes (%s); growing on append", size, exc)
+        return False
+    if sync:
+        os.fsync(fd)
+    return True
+
+
 def _write_all(fd: int, bufs: list[bytes]) -> int:
     total = sum(map(len, bufs))
     written = os.writev(fd, bufs)
@@ -223,22 +250,62 @@ class _Segment:
     name: str
     path: str
     records: list[tuple[int, bytes]]  # (offset, body)
-    size: int  # bytes of valid records (after any repair)
+    size: int  # logical end: past the last valid record (the file may be longer: zeros)
     last_crc: int
 
 
-def _next_valid_frame(data: bytes, start: int) -> int | None:
-    """First 8-aligned offset >= start where a valid frame begins, if any."""
+def _read_used(path: str) -> tuple[bytes, int]:
+    """(contents up to the end of the file's last data extent, file size).
+
+    Unwritten preallocated space is reported as a hole by SEEK_DATA/SEEK_HOLE on most
+    filesystems and holes read as zeros, so a mostly empty 64 MiB segment costs a read of
+    its used part only. Where holes are not reported, everything is read.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        end = pos = 0
+        try:
+            while pos < size:
+                pos = os.lseek(fd, os.lseek(fd, pos, os.SEEK_DATA), os.SEEK_HOLE)
+                end = pos
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no data after pos
+                end = size
+        parts = []
+        pos = 0
+        while pos < end:
+            chunk = os.pread(fd, end - pos, pos)
+            if not chunk:
+                break
+            parts.append(chunk)
+            pos += len(chunk)
+        return b"".join(parts) if len(parts) != 1 else parts[0], size
+    finally:
+        os.close(fd)
+
+
+def _nonzero_end(data: bytes, start: int) -> int:
+    """Offset just past the last non-zero byte of ``data[start:]`` (``start`` if none)."""
+    end = len(data)
+    while end > start:
+        s = max(start, end - _ZERO_CHUNK)
+        if data.count(0, s, end) != end - s:
+            return s + len(data[s:end].rstrip(b"\0"))
+        end = s
+    return start
+
+
+def _next_valid_frame(data: bytes, start: int, stop: int) -> int | None:
+    """First 8-aligned offset in [start, stop) where a valid frame begins, if any."""
     size = len(data)
-    if data.count(0, start) == size - start:
-        return None
-    last = size - 9  # a frame needs a header plus at least the type byte
-    end = start + ((max(0, last - start + 1) + 7) // 8) * 8
-    if end <= start:
+    # A frame needs a header plus at least the type byte, and a non-zero length field.
+    count = (min(stop, size - 8) - start + 7) // 8
+    if count <= 0:
         return None
     valid = _VALID_TYPES
     off = start
-    for crc, n in _HDR.iter_unpack(memoryview(data)[start:end]):
+    for crc, n in _HDR.iter_unpack(memoryview(data)[start : start + count * 8]):
         if (
             n != 0
             and off + 8 + n <= size
@@ -294,9 +361,12 @@ def _scan(path: str, data: bytes, is_last: bool) -> tuple[list[tuple[int, bytes]
         off = nxt
     if not reason:
         return records, off, ""
+    stop = _nonzero_end(data, off)
+    if stop == off:  # only zeros follow: preallocated space (or a hole), a clean end
+        return records, off, ""
     if not is_last:
         raise WALCorruptError(f"WAL segment {path} is corrupt at byte offset {off}: {reason}")
-    nxt_valid = _next_valid_frame(data, off + 8)
+    nxt_valid = _next_valid_frame(data, off + 8, stop)
     if nxt_valid is not None and not _has_zero_sector(data, off, nxt_valid):
         raise WALCorruptError(
             f"WAL segment {path} is corrupt at byte offset {off}: {reason} "
@@ -327,21 +397,31 @@ def _read_segments(dirpath: str, base: int | None, *, repair: bool) -> list[_Seg
     segs: list[_Segment] = []
     for i, (seq, idx, name) in enumerate(chosen):
         path = os.path.join(dirpath, name)
-        with open(path, "rb") as f:
-            data = f.read()
         is_last = i == len(chosen) - 1
-        records, good, reason = _scan(path, data, is_last)
+        data, fsize = _read_used(path)
+        try:
+            records, good, reason = _scan(path, data, is_last)
+        except WALCorruptError:
+            if len(data) == fsize:
+                raise
+            reason = "partial read"
+        if reason and len(data) < fsize:
+            # Only a filesystem misreporting holes gets here: judge on the whole file.
+            with open(path, "rb") as f:
+                data = f.read()
+            records, good, reason = _scan(path, data, is_last)
         if reason:
             if not repair:
                 log.warning("WAL %s: torn tail at offset %d (%s), ignored", path, good, reason)
             else:
                 log.warning(
-                    "WAL %s: torn tail at byte offset %d (%s); truncating %d bytes",
+                    "WAL %s: torn tail at byte offset %d (%s); discarding the rest of the file",
                     path,
                     good,
                     reason,
-                    len(data) - good,
                 )
+                # Truncating (not just rewriting our next records over it) also clears stale
+                # bytes past them; the tail is preallocated again when it is opened.
                 fd = os.open(path, os.O_WRONLY)
                 try:
                     os.ftruncate(fd, good)
@@ -349,7 +429,7 @@ def _read_segments(dirpath: str, base: int | None, *, repair: bool) -> list[_Seg
                 finally:
                     os.close(fd)
         if len(records) < 2 or records[0][1][0] != LINK or records[1][1][0] != METADATA:
-            if is_last and reason and i > 0 and repair:
+            if is_last and (reason or len(records) < 2) and i > 0 and repair:
                 # A cut segment is fsynced before its rename, so this means a torn header
                 # write we never appended to: drop the file, the previous one is the tail.
                 log.warning("WAL %s: no complete segment header, removing it", path)
@@ -383,10 +463,12 @@ class WAL:
         last_index: int,
         hard_state: HardState,
         segment_size: int,
+        preallocate: bool = True,
     ) -> None:
         self.dirpath = dirpath
         self.metadata = metadata
         self.segment_size = segment_size
+        self.preallocate = preallocate
         self._fd = fd
         self._dir_fd = dir_fd
         self._seq = seq
@@ -401,8 +483,17 @@ class WAL:
     # -- construction ------------------------------------------------------------------
 
     @classmethod
-    def create(cls, dirpath: str, metadata: bytes, segment_size: int = DEFAULT_SEGMENT_SIZE) -> WAL:
-        """Create a new WAL in ``dirpath`` (absent or empty), atomically via ``<dir>.tmp``."""
+    def create(
+        cls,
+        dirpath: str,
+        metadata: bytes,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        preallocate: bool = True,
+    ) -> WAL:
+        """Create a new WAL in ``dirpath`` (absent or empty), atomically via ``<dir>.tmp``.
+
+        With ``preallocate`` every segment is allocated at its full ``segment_size`` up
+        front (see the module docstring)."""
         dirpath = os.path.abspath(dirpath)
         if os.path.exists(dirpath) and os.listdir(dirpath):
             raise WALError(f"cannot create WAL: {dirpath} exists and is not empty")
@@ -420,6 +511,8 @@ class WAL:
         name = segment_name(0, 0)
         fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            if preallocate:
+                _preallocate(fd, segment_size, sync=False)  # the fsync below covers it
             size = _write_all(fd, frames)
             os.fsync(fd)
         finally:
@@ -431,7 +524,7 @@ class WAL:
         _fsync_dir(parent)
         last_crc = _HDR.unpack_from(frames[-1])[0]
         return cls._open_tail(
-            dirpath, metadata, 0, name, size, last_crc, 0, HardState(), segment_size
+            dirpath, metadata, 0, name, size, last_crc, 0, HardState(), segment_size, preallocate
         )
 
     @classmethod
@@ -446,17 +539,35 @@ class WAL:
         last_index: int,
         hs: HardState,
         segment_size: int,
+        preallocate: bool,
         dir_fd: int | None = None,
     ) -> WAL:
         if dir_fd is None:
             dir_fd = _lock_dir(dirpath)
+        fd = -1
         try:
             fd = os.open(os.path.join(dirpath, name), os.O_WRONLY)
-            os.lseek(fd, size, os.SEEK_SET)
+            if preallocate:  # a no-op unless created without it or cut back by a repair
+                _preallocate(fd, segment_size)
+            os.lseek(fd, size, os.SEEK_SET)  # the logical end, not the file's
         except BaseException:
+            if fd >= 0:
+                os.close(fd)
             os.close(dir_fd)
             raise
-        return cls(dirpath, metadata, fd, dir_fd, seq, size, last_crc, last_index, hs, segment_size)
+        return cls(
+            dirpath,
+            metadata,
+            fd,
+            dir_fd,
+            seq,
+            size,
+            last_crc,
+            last_index,
+            hs,
+            segment_size,
+            preallocate,
+        )
 
     @classmethod
     def open(
@@ -464,10 +575,12 @@ class WAL:
         dirpath: str,
         snap: SnapshotMetadata | None = None,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
+        preallocate: bool = True,
     ) -> tuple[WAL, WALState]:
         """Replay the WAL from ``snap`` (or from the creation marker at index 0).
 
-        A torn tail in the last segment is truncated away (warning logged, fsynced)."""
+        A torn tail in the last segment is truncated away (warning logged, fsynced).
+        ``preallocate`` applies to the tail segment and to segments cut later."""
         dirpath = os.path.abspath(dirpath)
         if not os.path.isdir(dirpath):
             raise WALError(f"WAL directory {dirpath} does not exist")
@@ -492,6 +605,7 @@ class WAL:
             last_index,
             state.hard_state,
             segment_size,
+            preallocate,
             dir_fd,
         )
         return wal, state
@@ -594,14 +708,16 @@ class WAL:
             path = os.path.join(self.dirpath, name)
             tmp = path + ".tmp"
             frames = [
-                _frame(_LINK.pack(LINK, self._size, self._last_crc)),
+                _frame(_LINK.pack(LINK, self._size, self._last_crc)),  # logical size
                 _frame(bytes((METADATA,)) + self.metadata),
                 _frame(_encode_state(self._hs)),
             ]
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
+                if self.preallocate:
+                    _preallocate(fd, self.segment_size, sync=False)
                 size = _write_all(fd, frames)
-                os.fdatasync(fd)
+                os.fsync(fd)
                 # Header durable before the name appears: a visible segment is never headless.
                 os.rename(tmp, path)
                 os.fsync(self._dir_fd)
