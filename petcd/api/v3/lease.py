@@ -1,0 +1,138 @@
+"""The v3 Lease gRPC service (etcd's v3rpc/lease.go and the lease half of v3_server.go).
+
+Grant and Revoke go through Raft; KeepAlive, TimeToLive and Leases are answered by the
+leader's lessor without Raft, as etcd does. Handlers take and return raw bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from petcd import log
+from petcd.api.v3.codec import field_varint
+from petcd.errors import ErrLeaseNotFound, ErrNoLeader, ErrNotLeader, ErrTimeout, EtcdError
+from petcd.lease.lessor import FOREVER
+from petcd.proto.etcdserverpb import rpc_pb2
+from petcd.server.etcdserver import F_LEASE_GRANT, F_LEASE_REVOKE, EtcdServer
+
+_log = log.get("v3rpc")
+
+# etcd's quota cost of a LeaseGrant.
+LEASE_OVERHEAD = 64
+_ID_MASK = (1 << 63) - 1
+_FOREVER_SECONDS = _ID_MASK // 1_000_000_000
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def _unary(fn: Handler) -> grpc.RpcMethodHandler:
+    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await fn(raw, ctx)
+        except EtcdError as e:
+            await ctx.abort(e.code, e.message)
+            raise  # unreachable: abort raises
+
+    return grpc.unary_unary_rpc_method_handler(call)
+
+
+class LeaseService:
+    def __init__(self, srv: EtcdServer) -> None:
+        self.srv = srv
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "etcdserverpb.Lease",
+            {
+                "LeaseGrant": _unary(self.grant),
+                "LeaseRevoke": _unary(self.revoke),
+                "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self.keep_alive),
+                "LeaseTimeToLive": _unary(self.time_to_live),
+                "LeaseLeases": _unary(self.leases),
+            },
+        )
+
+    def _check_leader(self) -> None:
+        # No peer transport yet: a follower cannot forward to the leader.
+        srv = self.srv
+        if not srv.lessor.primary or not srv.is_leader():
+            raise ErrNoLeader() if srv.lead == 0 else ErrNotLeader()
+
+    async def grant(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.LeaseGrantRequest.FromString(raw)
+        srv.check_quota(LEASE_OVERHEAD)
+        # etcd derives a server-chosen ID from the request ID generator (positive int64).
+        while req.ID == 0:
+            req.ID = srv._reqid.next() & _ID_MASK
+        res = await srv.propose(F_LEASE_GRANT, req.SerializeToString(), req)
+        return srv.header.header(res.revision, srv.term) + res.resp.SerializeToString()
+
+    async def revoke(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.LeaseRevokeRequest.FromString(raw)
+        res = await srv.propose(F_LEASE_REVOKE, raw, req)
+        return srv.header.header(res.revision, srv.term)
+
+    async def renew(self, lease_id: int) -> int:
+        """The new TTL of a renewed lease; 0 when it does not exist (or just expired)."""
+        srv = self.srv
+        self._check_leader()
+        try:
+            ttl = srv.lessor.renew(lease_id)
+        except ErrLeaseNotFound:
+            return 0
+        if ttl is None:
+            # Expired, revoke pending: answer once the revoke is applied (etcd waits too).
+            try:
+                await srv.lessor.wait_revoked(lease_id, srv.request_timeout_s)
+            except TimeoutError:
+                raise ErrTimeout() from None
+            return 0
+        return ttl
+
+    async def keep_alive(
+        self, requests: AsyncIterator[bytes], ctx: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        srv = self.srv
+        try:
+            async for raw in requests:
+                req = rpc_pb2.LeaseKeepAliveRequest.FromString(raw)
+                # The header is taken before renewing: a client never sees a keep-alive
+                # succeed at a revision after the lease's revoke.
+                header = srv.header_bytes()
+                ttl = await self.renew(req.ID)
+                body = header
+                if req.ID:
+                    body += field_varint(2, req.ID)
+                if ttl:
+                    body += field_varint(3, ttl)
+                yield body
+        except EtcdError as e:
+            await ctx.abort(e.code, e.message)
+
+    async def time_to_live(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.LeaseTimeToLiveRequest.FromString(raw)
+        self._check_leader()
+        lease = srv.lessor.lookup(req.ID)
+        if lease is None:
+            resp = rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID, TTL=-1)
+        else:
+            rem = srv.lessor.remaining(lease)
+            # Go truncates the remaining duration's seconds toward zero; "forever" is
+            # the largest Duration.
+            ttl = int(rem) if rem != FOREVER else _FOREVER_SECONDS
+            resp = rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID, TTL=ttl, grantedTTL=lease.ttl)
+            if req.keys:
+                resp.keys.extend(lease.sorted_keys())
+        return srv.header_bytes() + resp.SerializeToString()
+
+    async def leases(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        resp = rpc_pb2.LeaseLeasesResponse()
+        for lease in srv.lessor.sorted_leases():
+            resp.leases.add(ID=lease.id)
+        return srv.header_bytes() + resp.SerializeToString()
