@@ -311,10 +311,13 @@ class Lessor:
         heap = self._heap
         if not self.primary or self.propose is None or not heap or heap[0][0] > self.clock():
             return
-        for lid in self.find_expired():
-            if lid not in self._revoking and lid not in self._revoke_queue:
-                self._revoke_queue.append(lid)
-        self._start_revokes()
+        try:
+            for lid in self.find_expired():
+                if lid not in self._revoking and lid not in self._revoke_queue:
+                    self._revoke_queue.append(lid)
+            self._start_revokes()
+        except Exception as e:  # never take the server's ticker down with us
+            _log.error("lease expiry check failed", error=repr(e))
 
     def _start_revokes(self) -> None:
         loop = asyncio.get_running_loop()
