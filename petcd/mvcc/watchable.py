@@ -559,7 +559,11 @@ class WatchableStore:
                         last_rev[w] = rev
                     b.append(ev)
         for w in active:
-            w.min_rev = more.get(w, scanned_to)
+            m = more.get(w)
+            if m is not None:
+                w.min_rev = m
+            elif scanned_to > w.min_rev:  # a short scan may stop below its start
+                w.min_rev = scanned_to
             done = w.min_rev > cur
             if not done:
                 self.truncated = True

@@ -507,3 +507,93 @@ def test_background_worker_catches_up_and_retries_victims(kv):
 
 def test_event_types_constants():
     assert (EVENT_PUT, EVENT_DELETE) == (0, 1)
+
+
+# -- the gRPC stream handler in-process --------------------------------------------------
+
+
+class _FakeServer:
+    def __init__(self, kv: KVStore, store: WatchableStore) -> None:
+        from petcd.api.v3.codec import HeaderEncoder
+
+        self.kv = kv
+        self.watchable = store
+        self.header = HeaderEncoder(11, 22)
+        self.term = 3
+        self.max_request_bytes = 1 << 20
+        self.cfg = type("Cfg", (), {"experimental_watch_progress_notify_interval": 600.0})()
+
+
+def _create(key: bytes, **kw) -> bytes:
+    from petcd.proto.etcdserverpb import rpc_pb2
+
+    return rpc_pb2.WatchRequest(
+        create_request=rpc_pb2.WatchCreateRequest(key=key, **kw)
+    ).SerializeToString()
+
+
+def test_encoding_matches_protobuf(kv):
+    from petcd.api.v3.watch import encode_event
+    from petcd.proto.mvccpb.kv_pb2 import Event
+
+    put(kv, b"k", b"v1")
+    put(kv, b"k", b"v2")
+    delete(kv, b"k")
+    log = []
+    kv.on_events.append(lambda rev, events: log.extend(events))
+    put(kv, b"k", b"v3")
+    delete(kv, b"k")
+    prev = kv.get_raw(b"k", 3)
+    assert prev is not None
+    for ev in log:
+        want = Event(type=ev[0], kv=KeyValue.FromString(ev[2]))
+        assert encode_event(ev) == want.SerializeToString()
+        want.prev_kv.CopyFrom(KeyValue.FromString(prev))
+        assert encode_event(ev, prev) == want.SerializeToString()
+
+
+def test_stream_handler_slow_consumer_and_close(kv):
+    from petcd.api.v3.watch import WatchService
+    from petcd.proto.etcdserverpb import rpc_pb2
+
+    async def main():
+        store = WatchableStore(kv, sync_interval=0.005, victim_interval=0.001)
+        svc = WatchService(_FakeServer(kv, store))
+        reqs: asyncio.Queue = asyncio.Queue()
+
+        async def requests():
+            while True:
+                r = await reqs.get()
+                if r is None:
+                    return
+                yield r
+
+        gen = svc.watch(requests(), None)
+        await reqs.put(_create(b"k", prev_kv=True))
+        first = rpc_pb2.WatchResponse.FromString(await gen.__anext__())
+        assert first.created and first.watch_id == 0
+        assert (first.header.cluster_id, first.header.member_id, first.header.raft_term) == (
+            11, 22, 3)
+        # Nobody reads while 500 revisions are written: the apply side must not block.
+        for i in range(500):
+            put(kv, b"k", b"%d" % i)
+        assert len(store.victims) == 1
+        revs, prevs = [], []
+        while len(revs) < 500:
+            r = rpc_pb2.WatchResponse.FromString(await asyncio.wait_for(gen.__anext__(), 5))
+            revs += [e.kv.mod_revision for e in r.events]
+            prevs += [e.prev_kv.value for e in r.events]
+        assert revs == list(range(2, 502))
+        assert prevs == [b""] + [b"%d" % i for i in range(499)]
+        await reqs.put(rpc_pb2.WatchRequest(
+            cancel_request=rpc_pb2.WatchCancelRequest(watch_id=0)).SerializeToString())
+        c = rpc_pb2.WatchResponse.FromString(await asyncio.wait_for(gen.__anext__(), 5))
+        assert c.canceled and c.watch_id == 0
+        await reqs.put(_create(b"a", range_end=b"z"))
+        await asyncio.wait_for(gen.__anext__(), 5)
+        assert store.watcher_count() == 1
+        await gen.aclose()  # the client went away
+        assert store.watcher_count() == 0
+        await store.aclose()
+
+    asyncio.run(main())
