@@ -39,7 +39,7 @@ WATCH_BATCH_MAX_REVS = 1000
 SYNC_INTERVAL = 0.1
 VICTIM_INTERVAL = 0.01
 # Ours: key-bucket records read per catch-up pass, so one pass never stalls the loop long.
-SCAN_LIMIT = 10000
+SCAN_LIMIT = 4096
 
 AUTO_WATCH_ID = 0
 INVALID_WATCH_ID = -1
