@@ -38,7 +38,10 @@ def _setup_logging(cfg: ServerConfig) -> None:
 def _run(cfg: ServerConfig) -> int:
     from petcd.server.launch import serve  # heavy imports only when actually serving
 
+    # PETCD_EVENT_LOOP=asyncio picks the standard loop (for comparisons and debugging).
     try:
+        if os.environ.get("PETCD_EVENT_LOOP", "uvloop") != "uvloop":
+            raise ImportError
         import uvloop
     except ImportError:
         return asyncio.run(serve(cfg))

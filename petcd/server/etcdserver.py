@@ -30,6 +30,7 @@ from petcd.errors import (
 )
 from petcd.lease.lessor import Lessor, min_lease_ttl
 from petcd.mvcc.kvstore import KVStore
+from petcd.mvcc.watchable import WatchableStore
 from petcd.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
 from petcd.proto.membershippb import membership_pb2
 from petcd.raft import MemoryStorage, ProposalDropped, RaftConfig, RawNode, decode_conf_change
@@ -142,6 +143,7 @@ class EtcdServer:
         self.backend: Backend
         self.kv: KVStore
         self.applier: KVApplier
+        self.lessor: Lessor
         self.node: RawNode
         self.storage: MemoryStorage
         self.snapshotter: Snapshotter
@@ -164,6 +166,7 @@ class EtcdServer:
         self._busy_cpu = time.thread_time()
         self._blocked_s = 0.0
         self._batch_backoff_until = 0.0
+        self._cycle_busy = False  # a Ready is being handled (by the loop or inline)
         self._batch_size_avg = 2.0  # entries per Ready when we waited for a batch
         self.ready_count = 0  # Readies handled and entries persisted: batching efficiency
         self.entry_count = 0
@@ -194,6 +197,7 @@ class EtcdServer:
             map_size=max(2 * self.quota_bytes, 4 << 30),
         )
         self.kv = KVStore(self.backend)
+        self.watchable = WatchableStore(self.kv)
         self.db_size = self.backend.size()
         self.storage = MemoryStorage()
         peers: list[int] | None = None
@@ -333,6 +337,7 @@ class EtcdServer:
             if not w.fut.done():
                 w.fut.set_exception(ErrStopped())
         self._waits.clear()
+        await self.watchable.aclose()
         try:
             self.backend.commit()
             self.backend.sync()
@@ -354,6 +359,7 @@ class EtcdServer:
                     alarm=rpc_pb2.AlarmType.NOSPACE,
                 )
                 self._propose_nowait(F_ALARM, req.SerializeToString(), req)
+                self._wake.set()
             raise ErrNoSpace()
 
     @property
@@ -372,7 +378,6 @@ class EtcdServer:
         except ProposalDropped:
             raise ErrNoLeader() from None
         self._waits[rid] = _Wait(fut, req, time.monotonic() + self.request_timeout_s)
-        self._wake.set()
         return rid, fut
 
     async def propose(self, field_no: int, payload: bytes, req: Any) -> ApplyResult:
@@ -380,7 +385,11 @@ class EtcdServer:
         if self._stopped:
             raise ErrStopped()
         _rid, fut = self._propose_nowait(field_no, payload, req)
-        res = await fut
+        if not self._cycle_busy and len(self._waits) == 1 and not self._batching_wanted():
+            self._run_cycle_inline()
+        else:
+            self._wake.set()
+        res = fut.result() if fut.done() else await fut
         if isinstance(res, EtcdError):
             raise res
         return res
@@ -456,18 +465,23 @@ class EtcdServer:
         batch_probe = False
         try:
             while not self._stopped:
+                if self.applied_index - self._snapshot_index >= self.snapshot_count:
+                    self._cycle_busy = True  # no inline cycles while the snapshot is written
+                    await self._snapshot()
+                    self._cycle_busy = False
                 if self._next_read is not None and self.lead == self.id:
                     self._start_read_round()
                 if not node.has_ready():
                     self._wake.clear()
                     await self._wake.wait()
-                    if self._loop_saturated() and time.monotonic() >= self._batch_backoff_until:
+                    if self._batching_wanted():
                         # gRPC hands us one request per loop turn; when the loop is busy,
                         # waiting a moment lets many proposals share one Ready and fsync.
                         await asyncio.sleep(BATCH_WINDOW_S)
                         batch_probe = True
                     continue
-                rd = node.ready()
+                self._cycle_busy = True
+                rd = self._take_ready()
                 if batch_probe:
                     batch_probe = False
                     self._batch_size_avg = 0.8 * self._batch_size_avg + 0.2 * len(rd.entries)
@@ -476,53 +490,87 @@ class EtcdServer:
                         # while, then probe again.
                         self._batch_backoff_until = time.monotonic() + BATCH_BACKOFF_S
                         self._batch_size_avg = BATCH_MIN_AVG + 0.1
-                self.ready_count += 1
-                self.entry_count += len(rd.entries)
-                if rd.soft_state is not None:
-                    self._on_soft_state(rd.soft_state)
-                if rd.snapshot is not None and rd.snapshot.metadata.index > 0:
-                    raise RuntimeError("receiving Raft snapshots is not supported yet")
                 if rd.entries or rd.hard_state is not None:
                     if len(self._waits) <= len(rd.entries):
                         # Nobody else is waiting to write: nothing to batch, so skip two
                         # thread hand-offs and fsync right here.
-                        t0 = time.monotonic()
-                        self.wal.save(rd.hard_state, rd.entries)
-                        self._blocked_s += time.monotonic() - t0
+                        self._persist_inline(rd)
                     else:
                         # Other writers are waiting: fsync off the loop so their proposals
                         # keep arriving and go out together in the next Ready (group commit).
                         await loop.run_in_executor(
                             self._wal_pool, self.wal.save, rd.hard_state, rd.entries
                         )
-                    if rd.hard_state is not None:
-                        self.storage.set_hard_state(rd.hard_state)
-                        self.committed_index = rd.hard_state.commit
-                    if rd.entries:
-                        self.storage.append(rd.entries)
-                # (messages go to the peer transport once clustering exists)
-                if rd.committed_entries:
-                    self._apply_entries(rd.committed_entries)
-                if rd.read_states:
-                    for rs in rd.read_states:
-                        fut = self._read_rounds.pop(rs.request_ctx, None)
-                        if fut is not None:
-                            self._wait_applied(rs.index, fut)
-                node.advance(rd)
-                self._maybe_commit_backend()
-                if self.applied_index - self._snapshot_index >= self.snapshot_count:
-                    await self._snapshot()
+                self._finish_ready(rd)
+                self._cycle_busy = False
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # a storage failure: stop serving rather than lie
-            self._fatal = e
-            _log.error("raft loop failed; stopping", error=repr(e))
-            for w in self._waits.values():
-                if not w.fut.done():
-                    w.fut.set_result(ErrStopped())
-            self._waits.clear()
-            self.fatal_event.set()
+            self._fail(e)
             raise
+
+    def _fail(self, e: BaseException) -> None:
+        self._fatal = e
+        _log.error("raft loop failed; stopping", error=repr(e))
+        for w in self._waits.values():
+            if not w.fut.done():
+                w.fut.set_result(ErrStopped())
+        self._waits.clear()
+        self.fatal_event.set()
+
+    def _take_ready(self):
+        rd = self.node.ready()
+        self.ready_count += 1
+        self.entry_count += len(rd.entries)
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        if rd.snapshot is not None and rd.snapshot.metadata.index > 0:
+            raise RuntimeError("receiving Raft snapshots is not supported yet")
+        return rd
+
+    def _persist_inline(self, rd) -> None:
+        t0 = time.monotonic()
+        self.wal.save(rd.hard_state, rd.entries)
+        self._blocked_s += time.monotonic() - t0
+
+    def _finish_ready(self, rd) -> None:
+        """After the Ready's entries and hard state are durable: apply, answer, advance."""
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+            self.committed_index = rd.hard_state.commit
+        if rd.entries:
+            self.storage.append(rd.entries)
+        # (messages go to the peer transport once clustering exists)
+        if rd.committed_entries:
+            self._apply_entries(rd.committed_entries)
+        if rd.read_states:
+            for rs in rd.read_states:
+                fut = self._read_rounds.pop(rs.request_ctx, None)
+                if fut is not None:
+                    self._wait_applied(rs.index, fut)
+        self.node.advance(rd)
+        self._maybe_commit_backend()
+
+    def _run_cycle_inline(self) -> None:
+        """Drive Raft from the proposing handler itself: used when the loop is idle and
+        this is the only write, saving two task switches on a lone client's put."""
+        self._cycle_busy = True
+        try:
+            while self.node.has_ready():
+                rd = self._take_ready()
+                if rd.entries or rd.hard_state is not None:
+                    self._persist_inline(rd)
+                self._finish_ready(rd)
+        except BaseException as e:
+            self._fail(e)
+            raise
+        finally:
+            self._cycle_busy = False
+        if self.applied_index - self._snapshot_index >= self.snapshot_count:
+            self._wake.set()
+
+    def _batching_wanted(self) -> bool:
+        return self._loop_saturated() and time.monotonic() >= self._batch_backoff_until
 
     def _loop_saturated(self) -> bool:
         """Whether this thread was nearly always busy recently: CPU time plus time blocked

@@ -330,8 +330,13 @@ class ClusterService:
 
 
 def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:
+    from petcd.api.v3.lease import LeaseService
+    from petcd.api.v3.watch import WatchService
+
     return [
         KVService(srv).handlers(),
         MaintenanceService(srv).handlers(),
         ClusterService(srv).handlers(),
+        WatchService(srv).handlers(),
+        LeaseService(srv).handlers(),
     ]
