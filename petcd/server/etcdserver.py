@@ -84,9 +84,13 @@ BATCH_MIN_AVG = 1.3
 WARN_APPLY_DURATION = 0.1
 
 
+_TAGS = {f: varint((f << 3) | 2) for f in _PARSERS}
+
+
 def encode_internal(req_id: int, field_no: int, payload: bytes) -> bytes:
     """Serialize an InternalRaftRequest{ID, <field_no>: payload} without building objects."""
-    return b"\x08" + varint(req_id) + varint((field_no << 3) | 2) + varint(len(payload)) + payload
+    tag = _TAGS.get(field_no) or varint((field_no << 3) | 2)
+    return b"\x08" + varint(req_id) + tag + varint(len(payload)) + payload
 
 
 def decode_internal(data: bytes) -> tuple[int, int, Any]:
@@ -112,6 +116,7 @@ def decode_internal(data: bytes) -> tuple[int, int, Any]:
 @dataclass(slots=True)
 class _Wait:
     fut: asyncio.Future
+    field_no: int
     req: Any
     deadline: float
 
@@ -150,7 +155,9 @@ class EtcdServer:
         self.header: HeaderEncoder
         self.alarms: dict[tuple[int, int], Any] = {}  # (member id, alarm type) -> AlarmMember
 
-        self._waits: dict[int, _Wait] = {}
+        # Pending local proposals, keyed by their entry bytes (unique: they carry the request
+        # ID), so applying our own entries needs no decoding.
+        self._waits: dict[bytes, _Wait] = {}
         self._reqid: RequestIDGenerator
         self._wake = asyncio.Event()
         self._stopped = False
@@ -374,10 +381,11 @@ class EtcdServer:
         rid = self._reqid.next()
         fut = self._loop.create_future()
         try:
-            self.node.propose(encode_internal(rid, field_no, payload))
+            data = encode_internal(rid, field_no, payload)
+            self.node.propose(data)
         except ProposalDropped:
             raise ErrNoLeader() from None
-        self._waits[rid] = _Wait(fut, req, time.monotonic() + self.request_timeout_s)
+        self._waits[data] = _Wait(fut, field_no, req, time.monotonic() + self.request_timeout_s)
         return rid, fut
 
     async def propose(self, field_no: int, payload: bytes, req: Any) -> ApplyResult:
@@ -436,12 +444,12 @@ class EtcdServer:
             return
         now = time.monotonic()
         expired = []
-        for rid, w in self._waits.items():
+        for key, w in self._waits.items():
             if w.deadline > now:
                 break
-            expired.append(rid)
-        for rid in expired:
-            w = self._waits.pop(rid)
+            expired.append(key)
+        for key in expired:
+            w = self._waits.pop(key)
             if not w.fut.done():
                 w.fut.set_result(ErrTimeout())
 
@@ -613,10 +621,11 @@ class EtcdServer:
             if e.type == EntryType.CONF_CHANGE:
                 self._apply_conf_change(e)
             elif e.data and idx > skip_to:
-                rid, field_no, req = decode_internal(e.data)
-                w = waits.pop(rid, None)
+                w = waits.pop(e.data, None)
                 if w is not None:
-                    req = w.req
+                    field_no, req = w.field_no, w.req
+                else:
+                    _rid, field_no, req = decode_internal(e.data)
                 try:
                     res: Any = self._dispatch(field_no, req)
                 except EtcdError as err:

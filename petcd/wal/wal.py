@@ -650,15 +650,16 @@ class WAL:
                 bufs.extend(_frame_parts(encode_entries(entries, _ENTRIES_TAG)))
                 must_sync = True
             new_hs = None
-            if (
-                hard_state is not None
-                and hard_state != prev
-                and (hard_state.term or hard_state.vote or hard_state.commit)
-            ):
-                new_hs = HardState(hard_state.term, hard_state.vote, hard_state.commit)
-                bufs.append(_frame(_encode_state(new_hs)))
-                if new_hs.term != prev.term or new_hs.vote != prev.vote:
-                    must_sync = True
+            if hard_state is not None:
+                term, vote, commit = hard_state.term, hard_state.vote, hard_state.commit
+                # plain field compares: this runs for every Ready on the write path
+                if (term != prev.term or vote != prev.vote or commit != prev.commit) and (
+                    term or vote or commit
+                ):
+                    new_hs = HardState(term, vote, commit)
+                    bufs.append(_frame(_STATE.pack(STATE, term, vote, commit)))
+                    if term != prev.term or vote != prev.vote:
+                        must_sync = True
             if not bufs:
                 return
             try:

@@ -7,12 +7,18 @@ produce exactly what the generated classes would serialize.
 
 from __future__ import annotations
 
+_SMALL = tuple(bytes((i,)) for i in range(0x80))
+
 
 def varint(n: int) -> bytes:
-    if n < 0:
-        n &= (1 << 64) - 1  # int64 negatives are 10-byte two's complement on the wire
     if n < 0x80:
-        return bytes((n,))
+        if n >= 0:
+            return _SMALL[n]
+        n &= (1 << 64) - 1  # int64 negatives are 10-byte two's complement on the wire
+    elif n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    elif n < 0x200000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
     out = bytearray()
     while n >= 0x80:
         out.append((n & 0x7F) | 0x80)
@@ -47,25 +53,29 @@ def field_varint(field_no: int, value: int) -> bytes:
 class HeaderEncoder:
     """Serialized etcdserverpb.ResponseHeader for a fixed cluster and member."""
 
-    __slots__ = ("_prefix", "_cache_key", "_cache")
+    __slots__ = ("_prefix", "_rev", "_term", "_term_bytes", "_cache")
 
     def __init__(self, cluster_id: int, member_id: int) -> None:
         self._prefix = (field_varint(1, cluster_id) if cluster_id else b"") + (
             field_varint(2, member_id) if member_id else b""
         )
-        self._cache_key = (-1, -1)
+        self._rev = -1
+        self._term = -1
+        self._term_bytes = b""
         self._cache = b""
 
     def header(self, revision: int, term: int) -> bytes:
         """The header as the body of field 1 of a response (tag and length included)."""
-        if (revision, term) == self._cache_key:
+        if revision == self._rev and term == self._term:
             return self._cache
+        if term != self._term:
+            self._term = term
+            self._term_bytes = b"\x20" + varint(term) if term else b""
         body = self._prefix
         if revision:
             body += b"\x18" + varint(revision)
-        if term:
-            body += b"\x20" + varint(term)
-        out = b"\x0a" + varint(len(body)) + body
-        self._cache_key = (revision, term)
+        body += self._term_bytes
+        out = b"\x0a" + _SMALL[len(body)] + body  # a header is always < 128 bytes
+        self._rev = revision
         self._cache = out
         return out
