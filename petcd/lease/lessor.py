@@ -6,6 +6,12 @@ the apply loop, deterministic). Expiry is the leader's business: only the *prima
 lease that ran out (``tick``), so every member deletes the same keys at the same revision.
 Followers keep every lease at ``expiry = FOREVER``.
 
+Checkpointing (etcd's --experimental-enable-lease-checkpoint): the primary periodically
+proposes LeaseCheckpoint entries carrying each lease's remaining TTL; every member records
+it, and a lessor promoted later starts the lease from that remaining TTL instead of the full
+TTL. With ``checkpoint_persist`` the remaining TTL is also written to the lease bucket, so it
+survives a restart. A renewal clears it (through Raft, as etcd does).
+
 Keys are attached through the MVCC store's ``lease_hook`` (called on every put/delete that
 changes a key's lease), so the lessor never parses KeyValues. The ``lease`` bucket stores
 ``leasepb.Lease{ID, TTL, RemainingTTL}`` under the 8-byte big-endian ID; attached keys are
@@ -40,8 +46,13 @@ LEASE_REVOKE_RATE = 1000
 # etcd: an expired lease whose revoke did not happen is offered again after this long.
 EXPIRED_LEASE_RETRY_INTERVAL = 3.0
 MAX_PENDING_REVOKES = 16
-# InternalRaftRequest.lease_revoke (etcd's raft_internal.proto).
+# etcd: at most this many checkpoints per second, and per LeaseCheckpoint entry.
+LEASE_CHECKPOINT_RATE = 1000
+MAX_CHECKPOINT_BATCH = 1000
+DEFAULT_CHECKPOINT_INTERVAL = 300.0
+# InternalRaftRequest.lease_revoke / lease_checkpoint (etcd's raft_internal.proto).
 F_LEASE_REVOKE = 9
+F_LEASE_CHECKPOINT = 11
 
 Clock = Callable[[], float]
 Propose = Callable[[int, bytes, Any], Awaitable[Any]]
@@ -58,7 +69,9 @@ def lease_key(lease_id: int) -> bytes:
 
 
 class Lease:
-    __slots__ = ("id", "ttl", "remaining_ttl", "expiry", "keys", "_heap_time", "_revoked")
+    __slots__ = (
+        "id", "ttl", "remaining_ttl", "expiry", "keys", "_heap_time", "_cp_time", "_revoked"
+    )
 
     def __init__(self, lease_id: int, ttl: int, remaining_ttl: int = 0) -> None:
         self.id = lease_id
@@ -67,6 +80,7 @@ class Lease:
         self.expiry = FOREVER
         self.keys: set[bytes] = set()
         self._heap_time = FOREVER  # the live expiry-heap entry for this lease
+        self._cp_time = FOREVER  # the live checkpoint-heap entry for this lease
         self._revoked: asyncio.Event | None = None
 
     def effective_ttl(self) -> int:
@@ -89,6 +103,9 @@ class Lessor:
         clock: Clock = time.monotonic,
         propose: Propose | None = None,
         retry_interval: float = EXPIRED_LEASE_RETRY_INTERVAL,
+        checkpointing: bool = False,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        checkpoint_persist: bool = False,
     ) -> None:
         self.backend = backend
         self.kv = kv
@@ -97,12 +114,18 @@ class Lessor:
         self.clock = clock
         self.propose = propose
         self.retry_interval = retry_interval
+        self.checkpointing = checkpointing
+        # etcd: a zero interval means the default.
+        self.checkpoint_interval = checkpoint_interval or DEFAULT_CHECKPOINT_INTERVAL
+        self.checkpoint_persist = checkpoint_persist
         self.leases: dict[int, Lease] = {}
         self.primary = False
         self._heap: list[tuple[float, int]] = []
         self._revoking: set[int] = set()
         self._revoke_queue: list[int] = []
         self._tasks: set[asyncio.Task] = set()
+        self._cp_heap: list[tuple[float, int]] = []
+        self._cp_task: asyncio.Task | None = None
         self._recover()
         if kv is not None:
             for key, lid in kv.leased_keys():
@@ -151,6 +174,7 @@ class Lessor:
         self._persist(lease)
         if self.primary:
             self._refresh(lease, 0.0)
+            self._schedule_checkpoint(lease)
         return lease
 
     def revoke(self, lease_id: int) -> None:
@@ -175,9 +199,22 @@ class Lessor:
             lease._revoked.set()
 
     def checkpoint(self, lease_id: int, remaining_ttl: int) -> None:
+        """Record a committed checkpoint. The expiry is left alone: promotion applies it."""
         lease = self.leases.get(lease_id)
-        if lease is not None:
-            lease.remaining_ttl = remaining_ttl
+        if lease is None:
+            return
+        lease.remaining_ttl = remaining_ttl
+        if self.checkpoint_persist:
+            self._persist(lease)
+        if self.primary:
+            self._schedule_checkpoint(lease)
+
+    def apply_checkpoint(
+        self, req: rpc_pb2.LeaseCheckpointRequest
+    ) -> rpc_pb2.LeaseCheckpointResponse:
+        for cp in req.checkpoints:
+            self.checkpoint(cp.ID, cp.remaining_TTL)
+        return rpc_pb2.LeaseCheckpointResponse()
 
     def apply_grant(self, req: rpc_pb2.LeaseGrantRequest) -> rpc_pb2.LeaseGrantResponse:
         """Apply a LeaseGrant entry; the response has no header (the caller adds it)."""
@@ -215,8 +252,10 @@ class Lessor:
         """
         self.primary = True
         self._heap = []
+        self._cp_heap = []
         for lease in self.leases.values():
             self._refresh(lease, extend)
+            self._schedule_checkpoint(lease)
         if len(self.leases) < LEASE_REVOKE_RATE:
             return
         now = self.clock()
@@ -238,13 +277,16 @@ class Lessor:
             delay = expires / target - (remaining - base)
             next_window = base + delay
             self._refresh(lease, delay + extend)
+            self._schedule_checkpoint(lease)
 
     def demote(self) -> None:
         self.primary = False
         for lease in self.leases.values():
             lease.expiry = FOREVER
             lease._heap_time = FOREVER
+            lease._cp_time = FOREVER
         self._heap = []
+        self._cp_heap = []
 
     def remaining(self, lease: Lease) -> float:
         """Seconds until expiry (inf when not primary); negative once expired."""
@@ -261,7 +303,8 @@ class Lessor:
             raise ErrLeaseNotFound()
         if lease.expiry <= self.clock():
             return None
-        # A renewal supersedes any checkpointed remaining TTL (etcd clears it too).
+        # A renewal supersedes any checkpointed remaining TTL. With checkpointing on, the
+        # caller cleared it through Raft first (``needs_clear``/``clear_checkpoint``).
         lease.remaining_ttl = 0
         self._refresh(lease, 0.0)
         return lease.ttl
@@ -307,9 +350,16 @@ class Lessor:
         return out
 
     def tick(self) -> None:
-        """Called periodically (the server's ticker): propose revokes of expired leases."""
+        """Called periodically (the server's ticker): propose revokes of expired leases and
+        checkpoints that are due."""
+        if not self.primary or self.propose is None:
+            return
+        now = self.clock()
+        cp = self._cp_heap
+        if cp and cp[0][0] <= now and self._cp_task is None:
+            self._start_checkpoints()
         heap = self._heap
-        if not self.primary or self.propose is None or not heap or heap[0][0] > self.clock():
+        if not heap or heap[0][0] > now:
             return
         try:
             for lid in self.find_expired():
@@ -344,7 +394,85 @@ class Lessor:
             if self._revoke_queue:
                 self._start_revokes()
 
+    # -- leader side: checkpoints -------------------------------------------------------
+
+    def _schedule_checkpoint(self, lease: Lease) -> None:
+        # Only leases that outlive an interval are worth checkpointing (etcd's rule).
+        if self.checkpointing and lease.effective_ttl() > self.checkpoint_interval:
+            t = self.clock() + self.checkpoint_interval
+            lease._cp_time = t
+            heapq.heappush(self._cp_heap, (t, lease.id))
+
+    def find_due_checkpoints(self, limit: int = MAX_CHECKPOINT_BATCH) -> list[tuple[int, int]]:
+        """(lease ID, remaining TTL in whole seconds, rounded up) of due checkpoints."""
+        if not self.checkpointing or not self.primary:
+            return []
+        heap = self._cp_heap
+        now = self.clock()
+        out: list[tuple[int, int]] = []
+        leases = self.leases
+        while heap and len(out) < limit:
+            t, lid = heap[0]
+            if t > now:
+                break
+            heapq.heappop(heap)
+            lease = leases.get(lid)
+            if lease is None or lease._cp_time != t:
+                continue  # revoked, or rescheduled by a later checkpoint
+            lease._cp_time = FOREVER
+            if lease.expiry <= now:
+                continue  # expired: its revoke is on the way
+            remaining = math.ceil(lease.expiry - now)
+            if remaining >= lease.ttl:
+                # Just renewed: nothing to record. etcd drops the lease from the schedule
+                # here for good; rescheduling keeps a busy lease checkpointed.
+                self._schedule_checkpoint(lease)
+                continue
+            out.append((lid, remaining))
+        return out
+
+    def _start_checkpoints(self) -> None:
+        batches = []
+        for _ in range(LEASE_CHECKPOINT_RATE // 2):
+            cps = self.find_due_checkpoints()
+            if cps:
+                batches.append(cps)
+            if len(cps) < MAX_CHECKPOINT_BATCH:
+                break
+        if batches:
+            self._cp_task = asyncio.get_running_loop().create_task(self._checkpoint(batches))
+
+    async def _checkpoint(self, batches: list[list[tuple[int, int]]]) -> None:
+        try:
+            for cps in batches:
+                await self._propose_checkpoints(cps)
+        finally:
+            self._cp_task = None
+
+    async def _propose_checkpoints(self, cps: list[tuple[int, int]]) -> None:
+        assert self.propose is not None
+        req = rpc_pb2.LeaseCheckpointRequest(
+            checkpoints=[rpc_pb2.LeaseCheckpoint(ID=i, remaining_TTL=r) for i, r in cps]
+        )
+        try:
+            await self.propose(F_LEASE_CHECKPOINT, req.SerializeToString(), req)
+        except EtcdError as e:  # best effort, as etcd's checkpointer
+            _log.warning("failed to checkpoint leases", count=len(cps), error=e.message)
+
+    def needs_clear(self, lease_id: int) -> bool:
+        """Whether renewing this lease must first clear its checkpoint through Raft."""
+        if not self.checkpointing:
+            return False
+        lease = self.leases.get(lease_id)
+        return lease is not None and lease.remaining_ttl > 0 and lease.expiry > self.clock()
+
+    async def clear_checkpoint(self, lease_id: int) -> None:
+        """Commit remaining_TTL = 0 for the lease on every member (before a renewal)."""
+        await self._propose_checkpoints([(lease_id, 0)])
+
     def stop(self) -> None:
+        if self._cp_task is not None:
+            self._cp_task.cancel()
         for t in list(self._tasks):
             t.cancel()
 

@@ -54,6 +54,7 @@ F_COMPACTION = 7
 F_LEASE_GRANT = 8
 F_LEASE_REVOKE = 9
 F_ALARM = 10
+F_LEASE_CHECKPOINT = 11
 F_CLUSTER_VERSION_SET = 1300
 F_CLUSTER_MEMBER_ATTR_SET = 1301
 
@@ -66,6 +67,7 @@ _PARSERS: dict[int, Callable[[bytes], Any]] = {
     F_LEASE_GRANT: rpc_pb2.LeaseGrantRequest.FromString,
     F_LEASE_REVOKE: rpc_pb2.LeaseRevokeRequest.FromString,
     F_ALARM: rpc_pb2.AlarmRequest.FromString,
+    F_LEASE_CHECKPOINT: rpc_pb2.LeaseCheckpointRequest.FromString,
     F_CLUSTER_VERSION_SET: membership_pb2.ClusterVersionSetRequest.FromString,
     F_CLUSTER_MEMBER_ATTR_SET: membership_pb2.ClusterMemberAttrSetRequest.FromString,
 }
@@ -248,6 +250,9 @@ class EtcdServer:
             self.backend, self.kv, propose=self.propose,
             min_ttl=min_lease_ttl(cfg.election_timeout, cfg.heartbeat_interval),
             extend=cfg.election_timeout / 1000.0,
+            checkpointing=getattr(cfg, "experimental_enable_lease_checkpoint", False),
+            checkpoint_interval=getattr(cfg, "experimental_lease_checkpoint_interval", 0.0),
+            checkpoint_persist=getattr(cfg, "experimental_enable_lease_checkpoint_persist", False),
         )
         self.on_leader_change.append(lambda lead: self.lessor.set_primary(lead == self.id))
         self.applier = KVApplier(self.kv, lease_exists=self.lessor.exists)
@@ -678,6 +683,8 @@ class EtcdServer:
             return ApplyResult(self.lessor.apply_grant(req), self.kv.rev)
         if field_no == F_LEASE_REVOKE:
             return ApplyResult(self.lessor.apply_revoke(req), self.kv.rev)
+        if field_no == F_LEASE_CHECKPOINT:
+            return ApplyResult(self.lessor.apply_checkpoint(req), self.kv.rev)
         if field_no == F_CLUSTER_MEMBER_ATTR_SET:
             m = self.cluster.members.get(req.member_ID)
             if m is not None:

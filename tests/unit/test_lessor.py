@@ -16,9 +16,11 @@ from petcd.errors import (
     ErrNoLeader,
 )
 from petcd.lease.lessor import (
+    F_LEASE_CHECKPOINT,
     F_LEASE_REVOKE,
     FOREVER,
     LEASE_REVOKE_RATE,
+    MAX_CHECKPOINT_BATCH,
     MAX_LEASE_TTL,
     Lessor,
     lease_key,
@@ -262,6 +264,198 @@ def test_tick_proposes_revokes_for_expired_leases(tmp_path):
         assert kv.range(b"k").kvs == []
 
     asyncio.run(main())
+
+
+# -- checkpoints ----------------------------------------------------------------------------
+
+
+def cp_req(*pairs: tuple[int, int]) -> rpc_pb2.LeaseCheckpointRequest:
+    return rpc_pb2.LeaseCheckpointRequest(
+        checkpoints=[rpc_pb2.LeaseCheckpoint(ID=i, remaining_TTL=r) for i, r in pairs]
+    )
+
+
+def test_checkpoints_due_after_interval_with_remaining_ttl(tmp_path):
+    clock = Clock()
+    _b, _kv, le = open_all(tmp_path, clock=clock, min_ttl=1, checkpointing=True,
+                           checkpoint_interval=10.0)
+    le.promote(0.0)
+    le.grant(1, 60)
+    le.grant(2, 10)  # not longer than the interval: never checkpointed (etcd's rule)
+    le.grant(3, 30)
+    assert le.find_due_checkpoints() == []
+    clock.t += 9.5
+    assert le.find_due_checkpoints() == []
+    clock.t += 0.75  # 10.25 s after the grant: remaining TTL is rounded up
+    assert le.find_due_checkpoints() == [(1, 50), (3, 20)]
+    assert le.find_due_checkpoints() == []  # popped: the next one comes with the apply
+    le.apply_checkpoint(cp_req((1, 50), (3, 20)))
+    assert le.lookup(1).remaining_ttl == 50
+    assert le.remaining(le.lookup(1)) == 49.75  # the expiry itself is untouched
+    clock.t += 10
+    assert le.find_due_checkpoints() == [(1, 40), (3, 10)]
+    # an expired lease is not checkpointed; a just-renewed one is rescheduled
+    le.apply_checkpoint(cp_req((1, 40), (3, 10)))
+    clock.t += 9.99
+    assert le.renew(1) == 60
+    clock.t += 0.5
+    assert le.find_due_checkpoints() == []  # 1: full TTL left; 3: expired
+    clock.t += 10
+    assert le.find_due_checkpoints() == [(1, 50)]
+
+
+def test_checkpoints_off_and_follower_schedule_nothing(tmp_path):
+    clock = Clock()
+    _b, _kv, le = open_all(tmp_path, clock=clock, min_ttl=1, checkpoint_interval=1.0)
+    le.promote(0.0)
+    le.grant(1, 60)
+    clock.t += 5
+    assert le.find_due_checkpoints() == []
+    _b2, _kv2, f = open_all(tmp_path / "f", clock=clock, min_ttl=1, checkpointing=True,
+                             checkpoint_interval=1.0)
+    f.grant(1, 60)  # follower: no schedule, but it records committed checkpoints
+    f.apply_checkpoint(cp_req((1, 30), (99, 5)))  # unknown IDs are ignored
+    assert f.lookup(1).remaining_ttl == 30
+    clock.t += 5
+    assert f.find_due_checkpoints() == []
+    # promoted, it starts the lease from the checkpointed remaining TTL
+    f.promote(1.0)
+    assert f.remaining(f.lookup(1)) == 31.0
+    f.demote()
+    assert f._cp_heap == [] and f.lookup(1).expiry == FOREVER
+
+
+def test_checkpoint_persist_survives_reopen(tmp_path):
+    for persist, want in ((False, 0), (True, 17)):
+        d = tmp_path / str(persist)
+        d.mkdir()
+        b, _kv, le = open_all(d, min_ttl=1, checkpointing=True, checkpoint_persist=persist)
+        le.grant(1, 60)
+        le.apply_checkpoint(cp_req((1, 17)))
+        raw = lease_pb2.Lease.FromString(b.get(BUCKET_LEASE, lease_key(1)))
+        assert raw.RemainingTTL == want
+        b.commit()
+        b.close()
+        clock = Clock(50.0)
+        b2, _kv2, le2 = open_all(d, clock=clock, min_ttl=1, checkpointing=True)
+        assert le2.lookup(1).remaining_ttl == want
+        le2.promote(1.0)
+        assert le2.remaining(le2.lookup(1)) == 1.0 + (want or 60)
+        b2.close()
+    # a cleared checkpoint (renewal) is persisted as zero too
+    b, _kv, le = open_all(tmp_path / "True", min_ttl=1, checkpointing=True,
+                          checkpoint_persist=True)
+    le.apply_checkpoint(cp_req((1, 0)))
+    assert lease_pb2.Lease.FromString(b.get(BUCKET_LEASE, lease_key(1))).RemainingTTL == 0
+    b.close()
+
+
+def test_tick_proposes_checkpoints_in_batches(tmp_path):
+    async def main():
+        clock = Clock()
+        proposed: list[rpc_pb2.LeaseCheckpointRequest] = []
+        box = {}
+
+        async def propose(field_no, payload, req):
+            assert field_no == F_LEASE_CHECKPOINT
+            assert rpc_pb2.LeaseCheckpointRequest.FromString(payload) == req
+            proposed.append(req)
+            await asyncio.sleep(0)
+            box["le"].apply_checkpoint(req)
+
+        _b, _kv, le = open_all(tmp_path, clock=clock, min_ttl=1, propose=propose,
+                               checkpointing=True, checkpoint_interval=5.0)
+        box["le"] = le
+        le.set_primary(True)
+        n = MAX_CHECKPOINT_BATCH + 500
+        for i in range(1, n + 1):
+            le.grant(i, 100)
+        le.tick()
+        assert proposed == []
+        clock.t += 5.0
+        le.tick()
+        le.tick()  # in flight: not proposed twice
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert [len(r.checkpoints) for r in proposed] == [MAX_CHECKPOINT_BATCH, 500]
+        assert sorted(c.ID for r in proposed for c in r.checkpoints) == list(range(1, n + 1))
+        assert {c.remaining_TTL for r in proposed for c in r.checkpoints} == {95}
+        assert le.lookup(7).remaining_ttl == 95
+        # applying rescheduled every lease: one more round an interval later
+        proposed.clear()
+        clock.t += 5.0
+        le.tick()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert sum(len(r.checkpoints) for r in proposed) == n
+        # a newly promoted lessor starts from the checkpoint, not the full TTL
+        le.set_primary(False)
+        le.set_primary(True)
+        assert le.remaining(le.lookup(7)) == 90 + le.extend
+
+    asyncio.run(main())
+
+
+def test_renew_clears_checkpoint_through_raft(tmp_path):
+    from petcd.api.v3.lease import LeaseService
+
+    async def main(checkpointing: bool):
+        clock = Clock()
+        proposed = []
+        box = {}
+
+        async def propose(field_no, payload, req):
+            proposed.append((field_no, [(c.ID, c.remaining_TTL) for c in req.checkpoints]))
+            box["le"].apply_checkpoint(req)
+
+        d = tmp_path / str(checkpointing)
+        d.mkdir()
+        _b, _kv, le = open_all(d, clock=clock, min_ttl=1, propose=propose,
+                               checkpointing=checkpointing, checkpoint_interval=5.0,
+                               checkpoint_persist=True)
+        box["le"] = le
+
+        class Srv:
+            lead = 1
+            lessor = le
+            request_timeout_s = 1.0
+
+            def is_leader(self):
+                return True
+
+        svc = LeaseService(Srv())
+        le.set_primary(True)
+        le.grant(1, 60)
+        le.checkpoint(1, 40)
+        clock.t += 3
+        assert await svc.renew(1) == 60
+        assert le.lookup(1).remaining_ttl == 0
+        assert le.remaining(le.lookup(1)) == 60
+        if checkpointing:
+            assert proposed == [(F_LEASE_CHECKPOINT, [(1, 0)])]
+        else:
+            assert proposed == []
+        proposed.clear()
+        assert await svc.renew(1) == 60  # nothing to clear: no Raft entry
+        assert proposed == []
+        assert await svc.renew(99) == 0
+
+    asyncio.run(main(True))
+    asyncio.run(main(False))
+
+
+def test_checkpoint_entry_roundtrip_through_server_codec():
+    from petcd.proto.etcdserverpb import raft_internal_pb2
+    from petcd.server.etcdserver import F_LEASE_CHECKPOINT as SRV_F
+    from petcd.server.etcdserver import decode_internal, encode_internal
+
+    assert SRV_F == F_LEASE_CHECKPOINT == 11
+    req = cp_req((5, 30), (6, 0))
+    data = encode_internal(77, SRV_F, req.SerializeToString())
+    assert decode_internal(data) == (77, 11, req)
+    # etcd's own encoding of the same request parses the same way
+    go = raft_internal_pb2.InternalRaftRequest(ID=78, lease_checkpoint=req).SerializeToString()
+    assert decode_internal(go) == (78, 11, req)
 
 
 # -- auto compaction ----------------------------------------------------------------------

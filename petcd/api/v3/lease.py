@@ -80,14 +80,19 @@ class LeaseService:
         """The new TTL of a renewed lease; 0 when it does not exist (or just expired)."""
         srv = self.srv
         self._check_leader()
+        lessor = srv.lessor
+        if lessor.checkpointing and lessor.needs_clear(lease_id):
+            # etcd clears a checkpointed remaining TTL through Raft before renewing, so that
+            # a later leader does not resurrect it.
+            await lessor.clear_checkpoint(lease_id)
         try:
-            ttl = srv.lessor.renew(lease_id)
+            ttl = lessor.renew(lease_id)
         except ErrLeaseNotFound:
             return 0
         if ttl is None:
             # Expired, revoke pending: answer once the revoke is applied (etcd waits too).
             try:
-                await srv.lessor.wait_revoked(lease_id, srv.request_timeout_s)
+                await lessor.wait_revoked(lease_id, srv.request_timeout_s)
             except TimeoutError:
                 raise ErrTimeout() from None
             return 0
