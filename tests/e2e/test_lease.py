@@ -273,3 +273,58 @@ def test_lease_session_matches_etcd(etcd_server, petcd_server):
     got = _session(petcd_server)
     for i, (w, g) in enumerate(zip(want, got, strict=True)):
         assert g == w, f"step {i}"
+
+
+CHECKPOINT_FLAGS = [
+    "--experimental-enable-lease-checkpoint",
+    "--experimental-lease-checkpoint-interval", "1s",
+]
+
+
+def _remaining(s: ServerProcess, lid: str) -> int:
+    out = s.ctl("lease", "timetolive", lid).stdout.strip()
+    m = re.fullmatch(rf"lease {lid} granted with TTL\(60s\), remaining\((\d+)s\)", out)
+    assert m, out
+    return int(m.group(1))
+
+
+def test_lease_checkpoint_survives_restart(tmp_path):
+    """With checkpointing + persist, a restarted leader resumes a lease from its last
+    checkpoint; without persist (or without checkpointing) it starts over, as etcd does."""
+    servers = {
+        "persist": ServerProcess(
+            data_dir=str(tmp_path / "p"),
+            extra_args=[*CHECKPOINT_FLAGS, "--experimental-enable-lease-checkpoint-persist"],
+        ),
+        "no-persist": ServerProcess(data_dir=str(tmp_path / "n"), extra_args=CHECKPOINT_FLAGS),
+        "off": ServerProcess(data_dir=str(tmp_path / "o")),
+    }
+    try:
+        for s in servers.values():
+            s.start()
+        t0 = time.monotonic()
+        lids = {k: grant(s, 60) for k, s in servers.items()}
+        time.sleep(4.5)  # past several 1 s checkpoints
+        for s in servers.values():
+            s.restart()
+        elapsed = time.monotonic() - t0
+        persisted = _remaining(servers["persist"], lids["persist"])
+        # last checkpoint (>= 3 s in) plus the 1 s promotion extension, minus the restart
+        assert 60 - elapsed - 2 <= persisted <= 58, (persisted, elapsed)
+        assert _remaining(servers["no-persist"], lids["no-persist"]) >= 59
+        assert _remaining(servers["off"], lids["off"]) >= 59
+        # a crash (kill -9) keeps it too: checkpoints are in the WAL and the backend
+        p = servers["persist"]
+        time.sleep(1.5)
+        p.kill()
+        p.start()
+        after_crash = _remaining(p, lids["persist"])
+        assert after_crash <= persisted, (after_crash, persisted)
+        # a renewal clears the checkpoint: the next restart starts from the full TTL
+        out = p.ctl("lease", "keep-alive", "--once", lids["persist"]).stdout
+        assert "keepalived with TTL(60)" in out
+        p.restart()
+        assert _remaining(p, lids["persist"]) >= 59
+    finally:
+        for s in servers.values():
+            s.cleanup()
