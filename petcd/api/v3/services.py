@@ -330,8 +330,11 @@ class ClusterService:
 
 
 def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:
+    from petcd.api.v3.election import ElectionService
     from petcd.api.v3.lease import LeaseService
+    from petcd.api.v3.lock import LockService
     from petcd.api.v3.watch import WatchService
+    from petcd.server.concurrency import Recipes
 
     return [
         KVService(srv).handlers(),
@@ -339,4 +342,6 @@ def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:
         ClusterService(srv).handlers(),
         WatchService(srv).handlers(),
         LeaseService(srv).handlers(),
+        LockService(srv, recipes := Recipes(srv)).handlers(),
+        ElectionService(srv, recipes).handlers(),
     ]
