@@ -1,9 +1,10 @@
-"""The v3 gRPC services: KV, Maintenance and Cluster on top of EtcdServer.
+"""The v3 gRPC services: KV, Maintenance and Cluster here; Watch, Lease, Lock and Election
+in their own modules; `all_handlers` registers them all.
 
 Handlers are registered as generic handlers that take and return raw bytes: requests
 are parsed once with the C protobuf runtime, and hot responses are assembled by byte
 concatenation (header + body) instead of building message objects. Services that later
-issues build (Watch, Lease, Auth, ...) are not registered, so gRPC answers them with
+issues build (Auth, the rest of Cluster) are not registered, so gRPC answers them with
 UNIMPLEMENTED.
 """
 
