@@ -26,6 +26,7 @@ from petcd.backend.backend import BUCKET_KEY, BUCKET_META, Backend
 from petcd.errors import ErrCompacted, ErrFutureRev
 from petcd.mvcc.key_index import SUB_BITS, SUB_MASK, KeyIndex, TreeIndex
 from petcd.proto.mvccpb.kv_pb2 import KeyValue
+from petcd.wire import varint as encode_varint
 
 EVENT_PUT = 0  # mvccpb.Event.PUT
 EVENT_DELETE = 1  # mvccpb.Event.DELETE
@@ -56,19 +57,6 @@ def rev_to_bytes(rev: int) -> bytes:
 def bytes_to_rev(b: bytes) -> int:
     main, _, sub = _REV.unpack_from(b)
     return (main << SUB_BITS) | sub
-
-
-def encode_varint(n: int) -> bytes:
-    if n < 0:
-        n += 1 << 64
-    if n < 0x80:
-        return bytes((n,))
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def _tombstone_value(key: bytes) -> bytes:

@@ -411,6 +411,29 @@ def is_txn_readonly(req: TxnRequest) -> bool:
     return True
 
 
+def is_txn_serializable(req: TxnRequest) -> bool:
+    """True iff every Range of a read-only txn asks for a serializable read."""
+    for op in req.success:
+        if not op.request_range.serializable:
+            return False
+    for op in req.failure:
+        if not op.request_range.serializable:
+            return False
+    return True
+
+
+def txn_has_put(req: TxnRequest) -> bool:
+    """Whether a Put appears in either branch, nested txns included (the quota applies)."""
+    for ops in (req.success, req.failure):
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which == "request_put":
+                return True
+            if which == "request_txn" and txn_has_put(op.request_txn):
+                return True
+    return False
+
+
 # -- validation before proposing (v3rpc/key.go) ----------------------------------------------
 
 

@@ -36,7 +36,7 @@ from petcd.proto.membershippb import membership_pb2
 from petcd.raft import MemoryStorage, ProposalDropped, RaftConfig, RawNode, decode_conf_change
 from petcd.raft.types import ConfState, Entry, EntryType, Snapshot, SnapshotMetadata
 from petcd.server import compactor
-from petcd.server.apply_kv import KVApplier
+from petcd.server.apply_kv import KVApplier, txn_has_put
 from petcd.server.ids import RequestIDGenerator, cluster_id, member_id
 from petcd.server.membership import Member, RaftCluster
 from petcd.version import CLUSTER_VERSION, ETCD_VERSION
@@ -668,7 +668,7 @@ class EtcdServer:
                 raise ErrNoSpace()
             return ApplyResult(ap.put(req), self.kv.rev)
         if field_no == F_TXN:
-            if self.nospace and _txn_has_put(req):
+            if self.nospace and txn_has_put(req):
                 raise ErrNoSpace()
             return ApplyResult(ap.txn(req), self.kv.rev)
         if field_no == F_DELETE_RANGE:
@@ -781,16 +781,6 @@ class EtcdServer:
 
     def header_bytes(self, revision: int | None = None) -> bytes:
         return self.header.header(self.kv.rev if revision is None else revision, self.node.term)
-
-
-def _txn_has_put(req) -> bool:
-    for op in list(req.success) + list(req.failure):
-        which = op.WhichOneof("request")
-        if which == "request_put":
-            return True
-        if which == "request_txn" and _txn_has_put(op.request_txn):
-            return True
-    return False
 
 
 def _encode_wal_metadata(member: int, cluster: int) -> bytes:

@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Iterable
 
 from petcd.raft.types import ConfState, Snapshot, SnapshotMetadata
+from petcd.wal.wal import _fsync_dir
 
 log = logging.getLogger("petcd.wal")
 
@@ -81,14 +82,6 @@ def decode_snapshot(buf: bytes) -> Snapshot:
     off += 8 * nl
     meta = SnapshotMetadata(index, term, ConfState(voters, learners))
     return Snapshot(meta, body[off:])
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Snapshotter:

@@ -12,6 +12,7 @@ import grpc
 
 from petcd import log
 from petcd.api.v3.codec import field_varint
+from petcd.api.v3.handlers import unary
 from petcd.errors import ErrLeaseNotFound, ErrNoLeader, ErrNotLeader, ErrTimeout, EtcdError
 from petcd.lease.lessor import FOREVER
 from petcd.proto.etcdserverpb import rpc_pb2
@@ -27,17 +28,6 @@ _FOREVER_SECONDS = _ID_MASK // 1_000_000_000
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 
 
-def _unary(fn: Handler) -> grpc.RpcMethodHandler:
-    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
-        try:
-            return await fn(raw, ctx)
-        except EtcdError as e:
-            await ctx.abort(e.code, e.message)
-            raise  # unreachable: abort raises
-
-    return grpc.unary_unary_rpc_method_handler(call)
-
-
 class LeaseService:
     def __init__(self, srv: EtcdServer) -> None:
         self.srv = srv
@@ -46,11 +36,11 @@ class LeaseService:
         return grpc.method_handlers_generic_handler(
             "etcdserverpb.Lease",
             {
-                "LeaseGrant": _unary(self.grant),
-                "LeaseRevoke": _unary(self.revoke),
+                "LeaseGrant": unary(self.grant),
+                "LeaseRevoke": unary(self.revoke),
                 "LeaseKeepAlive": grpc.stream_stream_rpc_method_handler(self.keep_alive),
-                "LeaseTimeToLive": _unary(self.time_to_live),
-                "LeaseLeases": _unary(self.leases),
+                "LeaseTimeToLive": unary(self.time_to_live),
+                "LeaseLeases": unary(self.leases),
             },
         )
 

@@ -7,43 +7,23 @@ petcd.server.concurrency and runs in-process.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import grpc
 
 from petcd.api.v3.codec import field_bytes
-from petcd.errors import EtcdError
+from petcd.api.v3.handlers import stream_out, unary
 from petcd.proto.v3lockpb import v3lock_pb2
 from petcd.server.concurrency import Recipes
 from petcd.server.etcdserver import EtcdServer
 
 
-def _unary(
-    fn: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]],
-) -> grpc.RpcMethodHandler:
-    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
-        try:
-            return await fn(raw, ctx)
-        except EtcdError as e:
-            # etcd runs these services over its Go client, which turns a status into a plain
-            # error: clients get code Unknown with etcd's message.
-            await ctx.abort(grpc.StatusCode.UNKNOWN, e.message)
-            raise  # unreachable: abort raises
-
-    return grpc.unary_unary_rpc_method_handler(call)
+def _unary(fn) -> grpc.RpcMethodHandler:
+    # etcd runs these services over its Go client, which turns a status into a plain error:
+    # clients get code Unknown with etcd's message.
+    return unary(fn, grpc.StatusCode.UNKNOWN)
 
 
-def _stream_out(
-    fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]],
-) -> grpc.RpcMethodHandler:
-    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in fn(raw, ctx):
-                yield chunk
-        except EtcdError as e:
-            await ctx.abort(grpc.StatusCode.UNKNOWN, e.message)
-
-    return grpc.unary_stream_rpc_method_handler(call)
+def _stream_out(fn) -> grpc.RpcMethodHandler:
+    return stream_out(fn, grpc.StatusCode.UNKNOWN)
 
 
 class LockService:

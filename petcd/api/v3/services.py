@@ -14,12 +14,13 @@ import asyncio
 import hashlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 
 from petcd import log
-from petcd.errors import ErrNotLeader, ErrRequestTooLarge, EtcdError
+from petcd.api.v3.handlers import stream_out, unary
+from petcd.errors import ErrNotLeader, ErrRequestTooLarge
 from petcd.proto.etcdserverpb import rpc_pb2
 from petcd.server import apply_kv
 from petcd.server.etcdserver import (
@@ -37,33 +38,6 @@ SNAPSHOT_CHUNK = 32 * 1024
 # etcd's quota cost of a request: its size plus the bolt overhead of a key.
 KV_OVERHEAD = 256
 
-Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
-
-
-def _unary(fn: Handler) -> grpc.RpcMethodHandler:
-    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> bytes:
-        try:
-            return await fn(raw, ctx)
-        except EtcdError as e:
-            await ctx.abort(e.code, e.message)
-            raise  # unreachable: abort raises
-
-    return grpc.unary_unary_rpc_method_handler(call)
-
-
-def _stream_out(
-    fn: Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]],
-) -> grpc.RpcMethodHandler:
-    async def call(raw: bytes, ctx: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in fn(raw, ctx):
-                yield chunk
-        except EtcdError as e:
-            await ctx.abort(e.code, e.message)
-
-    return grpc.unary_stream_rpc_method_handler(call)
-
-
 class KVService:
     def __init__(self, srv: EtcdServer) -> None:
         self.srv = srv
@@ -72,11 +46,11 @@ class KVService:
         return grpc.method_handlers_generic_handler(
             "etcdserverpb.KV",
             {
-                "Range": _unary(self.range),
-                "Put": _unary(self.put),
-                "DeleteRange": _unary(self.delete_range),
-                "Txn": _unary(self.txn),
-                "Compact": _unary(self.compact),
+                "Range": unary(self.range),
+                "Put": unary(self.put),
+                "DeleteRange": unary(self.delete_range),
+                "Txn": unary(self.txn),
+                "Compact": unary(self.compact),
             },
         )
 
@@ -113,13 +87,13 @@ class KVService:
         req = rpc_pb2.TxnRequest.FromString(raw)
         apply_kv.check_txn_request(req, srv.max_txn_ops)
         self._check_size(raw)
-        if _txn_is_read_only(req):
+        if apply_kv.is_txn_readonly(req):
             # etcd serves read-only txns without Raft (after the ReadIndex barrier unless serializable)
-            if not _txn_is_serializable(req):
+            if not apply_kv.is_txn_serializable(req):
                 await srv.linearizable_barrier()
             resp = srv.applier.txn(req)
             return srv.header_bytes() + resp.SerializeToString()
-        if _txn_has_put(req):
+        if apply_kv.txn_has_put(req):
             srv.check_quota(len(raw) + KV_OVERHEAD)
         res = await srv.propose(F_TXN, raw, req)
         return srv.header.header(res.revision, srv.term) + res.resp.SerializeToString()
@@ -132,44 +106,6 @@ class KVService:
         return srv.header.header(res.revision, srv.term)
 
 
-def _txn_ops(req):
-    for op in req.success:
-        yield op
-    for op in req.failure:
-        yield op
-
-
-def _txn_is_read_only(req) -> bool:
-    for op in _txn_ops(req):
-        which = op.WhichOneof("request")
-        if which == "request_range":
-            continue
-        if which == "request_txn" and _txn_is_read_only(op.request_txn):
-            continue
-        return False
-    return True
-
-
-def _txn_is_serializable(req) -> bool:
-    for op in _txn_ops(req):
-        which = op.WhichOneof("request")
-        if which == "request_range" and not op.request_range.serializable:
-            return False
-        if which == "request_txn" and not _txn_is_serializable(op.request_txn):
-            return False
-    return True
-
-
-def _txn_has_put(req) -> bool:
-    for op in _txn_ops(req):
-        which = op.WhichOneof("request")
-        if which == "request_put":
-            return True
-        if which == "request_txn" and _txn_has_put(op.request_txn):
-            return True
-    return False
-
-
 class MaintenanceService:
     def __init__(self, srv: EtcdServer) -> None:
         self.srv = srv
@@ -178,13 +114,13 @@ class MaintenanceService:
         return grpc.method_handlers_generic_handler(
             "etcdserverpb.Maintenance",
             {
-                "Alarm": _unary(self.alarm),
-                "Status": _unary(self.status),
-                "Defragment": _unary(self.defragment),
-                "Hash": _unary(self.hash),
-                "HashKV": _unary(self.hash_kv),
-                "Snapshot": _stream_out(self.snapshot),
-                "MoveLeader": _unary(self.move_leader),
+                "Alarm": unary(self.alarm),
+                "Status": unary(self.status),
+                "Defragment": unary(self.defragment),
+                "Hash": unary(self.hash),
+                "HashKV": unary(self.hash_kv),
+                "Snapshot": stream_out(self.snapshot),
+                "MoveLeader": unary(self.move_leader),
             },
         )
 
@@ -308,7 +244,7 @@ class ClusterService:
 
     def handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
-            "etcdserverpb.Cluster", {"MemberList": _unary(self.member_list)}
+            "etcdserverpb.Cluster", {"MemberList": unary(self.member_list)}
         )
 
     async def member_list(self, raw: bytes, ctx) -> bytes:
