@@ -5,7 +5,8 @@ daemon thread running an event loop with one `petcd.client.aio.Client` in it, an
 submits the coroutine there and waits for it (`run_coroutine_threadsafe`). Failover, retries,
 watch resumption and lease keep-alives therefore behave exactly as in the async client, and
 keep-alives keep running while the caller's thread blocks. The cost is one thread hop per call
-(tens of microseconds). It is safe to call from several threads at once.
+(tens of microseconds; the loop is uvloop's when installed). It is safe to call from several
+threads at once.
 
 Callbacks (the snapshot `progress`) run on the client's loop thread.
 """
@@ -30,6 +31,15 @@ __all__ = ["SyncClient", "SyncLease", "SyncWatch"]
 T = TypeVar("T")
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    # uvloop (a petcd dependency off Windows) trims the per-call thread hop.
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class SyncClient:
     """The blocking twin of `petcd.client.aio.Client`: same constructor, same methods and
     options, results returned instead of awaited. `with SyncClient([...]) as c:` closes it."""
@@ -44,7 +54,7 @@ class SyncClient:
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="petcd-client", daemon=True
         )

@@ -209,6 +209,13 @@ def test_watch_resumes_across_restart(fresh_server):
             revs = [e.kv.mod_revision for e in got]
             assert revs == sorted(set(revs))
             assert w.next_revision == revs[-1] + 1
+            # A reader blocked on the stream when the member goes away carries on too.
+            pending = asyncio.ensure_future(w.__anext__())
+            await asyncio.sleep(0.1)
+            await asyncio.to_thread(s.restart)
+            await c.put("w/d", "5")
+            ev = await asyncio.wait_for(pending, 15)
+            assert (ev.kv.key, ev.kv.mod_revision) == (b"w/d", revs[-1] + 1)
             await w.close()
             assert [e async for e in w] == []
 
