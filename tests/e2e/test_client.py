@@ -370,3 +370,28 @@ def test_sync_client(server):
     # A closed client refuses work.
     with pytest.raises(errors.ClientClosed):
         c.get("x")
+
+
+def test_lock_and_election(server):
+    async def main():
+        async with Client([server.endpoint]) as c:
+            lease = (await c.grant(30)).ID
+            try:
+                key = await c.lock("lk", lease, timeout=10)
+            except errors.Unimplemented:
+                pytest.skip("this server has no Lock service yet")
+            assert key == b"lk/" + f"{lease:x}".encode()
+            assert (await c.get(key)).kvs[0].lease == lease
+            await c.unlock(key)
+            assert await c.get_value(key) is None
+            leader = await c.campaign("el", "one", lease, timeout=10)
+            assert leader.name == b"el" and leader.lease == lease
+            assert (await c.leader("el")).value == b"one"
+            await c.proclaim(leader, "two")
+            assert (await c.leader("el")).value == b"two"
+            await c.resign(leader)
+            with pytest.raises(errors.ErrElectionNoLeader):
+                await c.leader("el")
+            await c.revoke(lease)
+
+    run(main())
