@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from petcd import log
-from petcd.api.v3.codec import HeaderEncoder, read_varint, varint
+from petcd.api.v3.codec import HeaderEncoder
 from petcd.backend.backend import Backend
 from petcd.errors import (
     ErrNoLeader,
@@ -31,52 +31,40 @@ from petcd.errors import (
 from petcd.lease.lessor import Lessor, min_lease_ttl
 from petcd.mvcc.kvstore import KVStore
 from petcd.mvcc.watchable import WatchableStore
-from petcd.proto.etcdserverpb import raft_internal_pb2, rpc_pb2
+from petcd.proto.etcdserverpb import rpc_pb2
 from petcd.proto.membershippb import membership_pb2
 from petcd.raft import MemoryStorage, ProposalDropped, RaftConfig, RawNode, decode_conf_change
 from petcd.raft.types import ConfState, Entry, EntryType, Snapshot, SnapshotMetadata
 from petcd.server import compactor
+from petcd.server.alarms import AlarmStore
 from petcd.server.apply_kv import KVApplier, txn_has_put
 from petcd.server.ids import RequestIDGenerator, cluster_id, member_id
 from petcd.server.membership import Member, RaftCluster
+from petcd.server.requests import (  # noqa: F401  (F_* re-exported for the services)
+    F_ALARM,
+    F_CLUSTER_MEMBER_ATTR_SET,
+    F_CLUSTER_VERSION_SET,
+    F_COMPACTION,
+    F_DELETE_RANGE,
+    F_LEASE_CHECKPOINT,
+    F_LEASE_GRANT,
+    F_LEASE_REVOKE,
+    F_PUT,
+    F_RANGE,
+    F_TXN,
+    decode_internal,
+    encode_internal,
+)
 from petcd.version import CLUSTER_VERSION, ETCD_VERSION
 from petcd.wal.snap import Snapshotter
 from petcd.wal.wal import WAL, wal_exists
 
 _log = log.get("etcdserver")
 
-# InternalRaftRequest field numbers (etcd's raft_internal.proto): the entry payload.
-F_RANGE = 3
-F_PUT = 4
-F_DELETE_RANGE = 5
-F_TXN = 6
-F_COMPACTION = 7
-F_LEASE_GRANT = 8
-F_LEASE_REVOKE = 9
-F_ALARM = 10
-F_LEASE_CHECKPOINT = 11
-F_CLUSTER_VERSION_SET = 1300
-F_CLUSTER_MEMBER_ATTR_SET = 1301
-
-_PARSERS: dict[int, Callable[[bytes], Any]] = {
-    F_RANGE: rpc_pb2.RangeRequest.FromString,
-    F_PUT: rpc_pb2.PutRequest.FromString,
-    F_DELETE_RANGE: rpc_pb2.DeleteRangeRequest.FromString,
-    F_TXN: rpc_pb2.TxnRequest.FromString,
-    F_COMPACTION: rpc_pb2.CompactionRequest.FromString,
-    F_LEASE_GRANT: rpc_pb2.LeaseGrantRequest.FromString,
-    F_LEASE_REVOKE: rpc_pb2.LeaseRevokeRequest.FromString,
-    F_ALARM: rpc_pb2.AlarmRequest.FromString,
-    F_LEASE_CHECKPOINT: rpc_pb2.LeaseCheckpointRequest.FromString,
-    F_CLUSTER_VERSION_SET: membership_pb2.ClusterVersionSetRequest.FromString,
-    F_CLUSTER_MEMBER_ATTR_SET: membership_pb2.ClusterMemberAttrSetRequest.FromString,
-}
-
 # etcd: requests beyond this many uncommitted-but-unapplied entries are refused.
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
 # etcd keeps this many entries in the Raft log after a snapshot for slow followers.
 SNAPSHOT_CATCHUP_ENTRIES = 5000
-ALARM_BUCKET = "alarm"
 # Group commit under load: when the loop thread is saturated, a Ready waits this long.
 BATCH_WINDOW_S = 0.001
 BUSY_SAMPLE_S = 0.02
@@ -84,35 +72,6 @@ SATURATED_BUSY_FRACTION = 0.85
 BATCH_BACKOFF_S = 0.05
 BATCH_MIN_AVG = 1.3
 WARN_APPLY_DURATION = 0.1
-
-
-_TAGS = {f: varint((f << 3) | 2) for f in _PARSERS}
-
-
-def encode_internal(req_id: int, field_no: int, payload: bytes) -> bytes:
-    """Serialize an InternalRaftRequest{ID, <field_no>: payload} without building objects."""
-    tag = _TAGS.get(field_no) or varint((field_no << 3) | 2)
-    return b"\x08" + varint(req_id) + tag + varint(len(payload)) + payload
-
-
-def decode_internal(data: bytes) -> tuple[int, int, Any]:
-    """(request id, field number, parsed request) of an entry's InternalRaftRequest."""
-    try:
-        if data[0] == 0x08:
-            rid, pos = read_varint(data, 1)
-            tag, pos = read_varint(data, pos)
-            n, pos = read_varint(data, pos)
-            field_no = tag >> 3
-            if tag & 7 == 2 and pos + n == len(data) and field_no in _PARSERS:
-                return rid, field_no, _PARSERS[field_no](data[pos : pos + n])
-    except IndexError:
-        pass
-    # Not our compact form: parse generically.
-    r = raft_internal_pb2.InternalRaftRequest.FromString(data)
-    for fd, value in r.ListFields():
-        if fd.number in _PARSERS:
-            return r.ID, fd.number, value
-    return r.ID, 0, None
 
 
 @dataclass(slots=True)
@@ -155,7 +114,7 @@ class EtcdServer:
         self.storage: MemoryStorage
         self.snapshotter: Snapshotter
         self.header: HeaderEncoder
-        self.alarms: dict[tuple[int, int], Any] = {}  # (member id, alarm type) -> AlarmMember
+        self.alarms: AlarmStore
 
         # Pending local proposals, keyed by their entry bytes (unique: they carry the request
         # ID), so applying our own entries needs no decoding.
@@ -256,7 +215,7 @@ class EtcdServer:
         )
         self.on_leader_change.append(lambda lead: self.lessor.set_primary(lead == self.id))
         self.applier = KVApplier(self.kv, lease_exists=self.lessor.exists)
-        self._load_alarms()
+        self.alarms = AlarmStore(self.backend)
         applied = max(self._snapshot_index, 0)
         self.applied_index = applied
         rcfg = RaftConfig(
@@ -278,11 +237,6 @@ class EtcdServer:
                 f"data dir {self.data_dir} is in use by another etcd process"
             ) from None
         self._member_dir_fd = fd
-
-    def _load_alarms(self) -> None:
-        for _k, v in self.backend.range(ALARM_BUCKET, b""):
-            a = rpc_pb2.AlarmMember.FromString(bytes(v))
-            self.alarms[(a.memberID, a.alarm)] = a
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -369,7 +323,7 @@ class EtcdServer:
     def check_quota(self, cost: int) -> None:
         """etcd's quota check: refuse a write that would grow the db past the quota."""
         if (self.db_size + cost) > self.quota_bytes:
-            if (self.id, rpc_pb2.AlarmType.NOSPACE) not in self.alarms:
+            if not self.alarms.active(self.id, rpc_pb2.AlarmType.NOSPACE):
                 req = rpc_pb2.AlarmRequest(
                     action=rpc_pb2.AlarmRequest.ACTIVATE,
                     memberID=self.id,
@@ -378,10 +332,6 @@ class EtcdServer:
                 self._propose_nowait(F_ALARM, req.SerializeToString(), req)
                 self._wake.set()
             raise ErrNoSpace()
-
-    @property
-    def nospace(self) -> bool:
-        return any(k[1] == rpc_pb2.AlarmType.NOSPACE for k in self.alarms)
 
     def _propose_nowait(self, field_no: int, payload: bytes, req: Any) -> tuple[int, asyncio.Future]:
         if self._fatal is not None:
@@ -664,11 +614,11 @@ class EtcdServer:
     def _dispatch(self, field_no: int, req: Any) -> Any:
         ap = self.applier
         if field_no == F_PUT:
-            if self.nospace:
+            if self.alarms.nospace:
                 raise ErrNoSpace()
             return ApplyResult(ap.put(req), self.kv.rev)
         if field_no == F_TXN:
-            if self.nospace and txn_has_put(req):
+            if self.alarms.nospace and txn_has_put(req):
                 raise ErrNoSpace()
             return ApplyResult(ap.txn(req), self.kv.rev)
         if field_no == F_DELETE_RANGE:
@@ -676,9 +626,9 @@ class EtcdServer:
         if field_no == F_COMPACTION:
             return ApplyResult(ap.compact(req), self.kv.rev)
         if field_no == F_ALARM:
-            return ApplyResult(self._apply_alarm(req), self.kv.rev)
+            return ApplyResult(self.alarms.apply(req), self.kv.rev)
         if field_no == F_LEASE_GRANT:
-            if self.nospace:
+            if self.alarms.nospace:
                 raise ErrNoSpace()
             return ApplyResult(self.lessor.apply_grant(req), self.kv.rev)
         if field_no == F_LEASE_REVOKE:
@@ -701,41 +651,6 @@ class EtcdServer:
         if field_no == F_RANGE:
             return ApplyResult(ap.range(req), self.kv.rev)
         raise EtcdError(f"etcdserver: unknown internal request field {field_no}")
-
-    def _apply_alarm(self, req) -> Any:
-        resp = rpc_pb2.AlarmResponse()
-        key = (req.memberID, req.alarm)
-        bkey = b"%016x:%d" % key
-        if req.action == rpc_pb2.AlarmRequest.ACTIVATE:
-            if req.alarm == rpc_pb2.AlarmType.NONE:
-                return resp
-            if key not in self.alarms:
-                a = rpc_pb2.AlarmMember(memberID=req.memberID, alarm=req.alarm)
-                self.alarms[key] = a
-                self.backend.put(ALARM_BUCKET, bkey, a.SerializeToString())
-                _log.warning(
-                    "alarm raised", alarm=rpc_pb2.AlarmType.Name(req.alarm),
-                    **{"from": f"{req.memberID:x}"},
-                )
-                resp.alarms.append(a)
-        elif req.action == rpc_pb2.AlarmRequest.DEACTIVATE:
-            a = self.alarms.pop(key, None)
-            if a is not None:
-                self.backend.delete(ALARM_BUCKET, bkey)
-                _log.warning(
-                    "alarm disarmed", alarm=rpc_pb2.AlarmType.Name(req.alarm),
-                    **{"from": f"{req.memberID:x}"},
-                )
-                resp.alarms.append(a)
-        else:
-            resp.alarms.extend(self.alarm_list())
-        return resp
-
-    def alarm_list(self, member: int = 0, alarm: int = 0) -> list:
-        return [
-            a for (m, t), a in sorted(self.alarms.items())
-            if (not member or m == member) and (not alarm or t == alarm)
-        ]
 
     # ------------------------------------------------------------------ snapshots
 

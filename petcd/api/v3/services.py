@@ -137,7 +137,7 @@ class MaintenanceService:
         srv = self.srv
         req = rpc_pb2.AlarmRequest.FromString(raw)
         if req.action == rpc_pb2.AlarmRequest.GET:
-            resp = rpc_pb2.AlarmResponse(alarms=srv.alarm_list(req.memberID, req.alarm))
+            resp = rpc_pb2.AlarmResponse(alarms=srv.alarms.list(req.memberID, req.alarm))
             resp.header.CopyFrom(self._header())
             return resp.SerializeToString()
         res = await srv.propose(F_ALARM, raw, req)
@@ -152,7 +152,7 @@ class MaintenanceService:
             raftIndex=srv.committed_index,
             raftTerm=srv.term,
             raftAppliedIndex=srv.applied_index,
-            errors=[_alarm_string(a) for a in srv.alarm_list()],
+            errors=[_alarm_string(a) for a in srv.alarms.list()],
             dbSizeInUse=srv.backend.size_in_use(),
             isLearner=False,
         )
