@@ -57,7 +57,7 @@ from petcd.server.requests import (  # noqa: F401  (F_* re-exported for the serv
 )
 from petcd.version import CLUSTER_VERSION, ETCD_VERSION
 from petcd.wal.snap import Snapshotter
-from petcd.wal.wal import WAL, wal_exists
+from petcd.wal.wal import WAL, valid_snapshot_markers, wal_exists
 
 _log = log.get("etcdserver")
 
@@ -172,7 +172,9 @@ class EtcdServer:
         self.storage = MemoryStorage()
         peers: list[int] | None = None
         if wal_exists(self.wal_dir):
-            snap = self.snapshotter.load()
+            # The newest snapshot the WAL has a marker for: a crash between writing a .snap
+            # file and its WAL marker leaves a newer file that the WAL cannot be opened at.
+            snap = self.snapshotter.load_newest_available(valid_snapshot_markers(self.wal_dir))
             self.wal, st = WAL.open(self.wal_dir, snap.metadata if snap else None)
             self.id, cid = _decode_wal_metadata(st.metadata)
             if snap is not None:
