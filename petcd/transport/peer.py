@@ -543,7 +543,7 @@ class Transport:
         dial_timeout: float = 1.0,
         write_timeout: float = 5.0,
         backoff_base: float = 0.05,
-        backoff_max: float = 1.0,
+        backoff_max: float = 0.5,
         on_removed: Callable[[], None] | None = None,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,

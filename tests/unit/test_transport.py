@@ -455,3 +455,66 @@ def test_stalled_peer_hits_write_timeout(capsys: pytest.CaptureFixture[str]) -> 
 
     run(body)
     assert "peer became inactive (message send to peer failed)" in capsys.readouterr().err
+
+
+def test_tls_stream_and_snapshot(tmp_path: Any) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=peer",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(cert), str(key))
+    client = ssl.create_default_context(cafile=str(cert))
+    db = tmp_path / "db"
+    db.write_bytes(b"s" * 300_000)
+
+    async def body() -> None:
+        kw: dict[str, Any] = {"server_ssl": server, "client_ssl": client}
+        a = await Node(1, **kw).start("https://127.0.0.1:0")
+        b = await Node(2, snapshot_dir=str(tmp_path / "snap"), **kw).start("https://127.0.0.1:0")
+        assert a.url.startswith("https://")
+        await mesh(a, b)
+        a.t.send([hb(1, 2, i) for i in range(50)])
+        await until(lambda: len(b.got) == 50)
+        a.t.send_snapshot(Message(MT.SNAP, to=2, frm=1, snapshot=Snapshot(SnapshotMetadata(3, 1))),
+                          str(db))
+        await until(lambda: a.snap_status == [(2, False)])
+        with open(b.got[-1].context, "rb") as f:
+            assert f.read() == db.read_bytes()
+        await a.t.stop()
+        await b.t.stop()
+
+    run(body)
+
+
+def test_corrupt_frame_closes_connection(capsys: pytest.CaptureFixture[str]) -> None:
+    import struct
+    import zlib
+
+    async def body() -> None:
+        b = await Node(2).start()
+        host, port = b.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(struct.pack("<8sBBQQQ", b"PETCDRP1", 1, 0, 1, 1, 2))
+        assert await reader.readexactly(3) == b"\x00\x00\x00"
+        good = codec.encode_message(hb(1, 2, 7))
+        bad = codec.encode_message(hb(1, 2, 8))
+        writer.write(struct.pack("<II", len(good), zlib.crc32(good)) + good)
+        writer.write(struct.pack("<II", len(bad), zlib.crc32(bad) ^ 1) + bad)
+        await writer.drain()
+        assert await reader.read() == b""  # closed by the receiver
+        writer.close()
+        assert [m.commit for m in b.got] == [7]
+        await b.t.stop()
+
+    run(body)
+    assert "frame checksum mismatch" in capsys.readouterr().err
