@@ -46,8 +46,17 @@ def test_codec_round_trip_every_type(t: MessageType) -> None:
 
 
 def test_codec_extremes_and_empty_snapshot() -> None:
-    m = Message(MT.APP, to=U64, frm=U64 - 1, term=U64, log_term=U64, index=U64, commit=U64,
-                entries=[Entry(U64, U64, 1, b"x" * 70000)], reject_hint=U64)
+    m = Message(
+        MT.APP,
+        to=U64,
+        frm=U64 - 1,
+        term=U64,
+        log_term=U64,
+        index=U64,
+        commit=U64,
+        entries=[Entry(U64, U64, 1, b"x" * 70000)],
+        reject_hint=U64,
+    )
     assert codec.decode_message(codec.encode_message(m)) == m
     snap = Message(MT.SNAP, to=1, frm=2, snapshot=Snapshot())
     got = codec.decode_message(codec.encode_message(snap))
@@ -76,8 +85,16 @@ def test_pb_matches_etcd_field_numbers() -> None:
 
 
 def test_codec_speed() -> None:
-    m = Message(MT.APP, to=2, frm=1, term=5, log_term=5, index=1000, commit=999,
-                entries=[Entry(5, 1001 + i, 0, b"v" * 300) for i in range(100)])
+    m = Message(
+        MT.APP,
+        to=2,
+        frm=1,
+        term=5,
+        log_term=5,
+        index=1000,
+        commit=999,
+        entries=[Entry(5, 1001 + i, 0, b"v" * 300) for i in range(100)],
+    )
     n = 200
     t0 = time.perf_counter()
     for _ in range(n):
@@ -105,9 +122,15 @@ class Node:
         self.removed = 0
         kw.setdefault("backoff_base", 0.01)
         kw.setdefault("backoff_max", 0.05)
-        self.t = Transport(nid, cluster, self.got.append, on_unreachable=self.unreachable.append,
-                           on_snapshot_status=lambda p, f: self.snap_status.append((p, f)),
-                           on_removed=self._on_removed, **kw)
+        self.t = Transport(
+            nid,
+            cluster,
+            self.got.append,
+            on_unreachable=self.unreachable.append,
+            on_snapshot_status=lambda p, f: self.snap_status.append((p, f)),
+            on_removed=self._on_removed,
+            **kw,
+        )
 
     def _on_removed(self) -> None:
         self.removed += 1
@@ -134,8 +157,11 @@ async def mesh(*nodes: Node) -> None:
         for b in nodes:
             if a is not b:
                 a.t.add_peer(b.t.local_id, [b.url])
-    await until(lambda: all(
-        a.t.active_since(b.t.local_id) is not None for a in nodes for b in nodes if a is not b))
+    await until(
+        lambda: all(
+            a.t.active_since(b.t.local_id) is not None for a in nodes for b in nodes if a is not b
+        )
+    )
 
 
 def run(coro_fn: Callable[[], Awaitable[None]], *, uv: bool = False) -> None:
@@ -466,10 +492,28 @@ def test_tls_stream_and_snapshot(tmp_path: Any) -> None:
         pytest.skip("openssl not installed")
     key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=peer",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=peer",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
     )
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(str(cert), str(key))
@@ -485,8 +529,9 @@ def test_tls_stream_and_snapshot(tmp_path: Any) -> None:
         await mesh(a, b)
         a.t.send([hb(1, 2, i) for i in range(50)])
         await until(lambda: len(b.got) == 50)
-        a.t.send_snapshot(Message(MT.SNAP, to=2, frm=1, snapshot=Snapshot(SnapshotMetadata(3, 1))),
-                          str(db))
+        a.t.send_snapshot(
+            Message(MT.SNAP, to=2, frm=1, snapshot=Snapshot(SnapshotMetadata(3, 1))), str(db)
+        )
         await until(lambda: a.snap_status == [(2, False)])
         with open(b.got[-1].context, "rb") as f:
             assert f.read() == db.read_bytes()
