@@ -10,9 +10,11 @@ transactions are bound to their thread. Reads through the batch tx see uncommitt
 (and deletes), so no separate read buffer is needed. ``sync()`` and ``snapshot()`` may run
 on a worker thread: they only touch committed data.
 
-Durability: the environment is opened with ``sync=False`` because the WAL is the source of
-durability; commits are cheap and a crash of the process loses nothing already committed.
-``sync()`` forces the data to stable storage (call it before the WAL is truncated).
+Durability: commits fsync the data pages but not the meta page (sync=True,
+metasync=False), so after an OS crash the database is intact and at most its last commit is
+rolled back; the consistent index rolls back with it and WAL replay redoes the entries.
+``sync()`` forces everything, meta page included, to stable storage (call it before the WAL is
+truncated).
 """
 
 from __future__ import annotations
@@ -92,7 +94,11 @@ class Backend:
             self.path,
             map_size=self.map_size,
             subdir=False,
-            sync=False,
+            # Data pages are fsynced at each (batched, ~100 ms) commit and the meta page is
+            # not: after a power loss LMDB keeps its integrity and at worst rolls back the
+            # last commit, which WAL replay redoes. sync=False would let an OS crash corrupt
+            # the database, and the WAL alone cannot rebuild it.
+            sync=True,
             metasync=False,
             max_dbs=16,
             max_readers=256,

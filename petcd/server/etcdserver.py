@@ -61,6 +61,9 @@ from petcd.wal.wal import WAL, valid_snapshot_markers, wal_exists
 
 _log = log.get("etcdserver")
 
+# etcd's backend defaults (--backend-batch-interval, --backend-batch-limit)
+DEFAULT_BATCH_INTERVAL_S = 0.1
+DEFAULT_BATCH_LIMIT = 10000
 # etcd: requests beyond this many uncommitted-but-unapplied entries are refused.
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
 # etcd keeps this many entries in the Raft log after a snapshot for slow followers.
@@ -165,6 +168,8 @@ class EtcdServer:
         self.backend = Backend(
             os.path.join(self.snap_dir, "db"),
             map_size=max(2 * self.quota_bytes, 4 << 30),
+            batch_interval=cfg.backend_batch_interval or DEFAULT_BATCH_INTERVAL_S,
+            batch_limit=cfg.backend_batch_limit or DEFAULT_BATCH_LIMIT,
         )
         self.kv = KVStore(self.backend)
         self.watchable = WatchableStore(self.kv)
