@@ -90,6 +90,9 @@ class Backend:
         d = os.path.dirname(self.path)
         if d:
             os.makedirs(d, exist_ok=True)
+        for name in os.listdir(d or "."):
+            if name.startswith(".defrag-"):  # a defragmentation that crashed mid-copy
+                os.unlink(os.path.join(d or ".", name))
         self.env = lmdb.Environment(
             self.path,
             map_size=self.map_size,
@@ -254,6 +257,11 @@ class Backend:
         os.close(fd)
         self.env.close()
         os.replace(tmp, self.path)
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # the rename itself must survive a crash
+        finally:
+            os.close(dir_fd)
         self._open()
 
     def snapshot(self, dest: str | os.PathLike[str] | BinaryIO) -> int:

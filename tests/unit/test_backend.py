@@ -171,3 +171,19 @@ def test_sync_from_worker_thread(tmp_path):
     t.start()
     t.join()
     b.close()
+
+
+def test_leftover_defrag_temp_file_is_removed_on_open(tmp_path):
+    """A defragmentation that crashed mid-copy leaves a temp file; the next open drops it."""
+    path = str(tmp_path / "db")
+    b = Backend(path, map_size=1 << 30)
+    b.put("key", b"a", b"1")
+    b.commit()
+    b.close()
+    (tmp_path / ".defrag-abc").write_bytes(b"partial copy")
+    b = Backend(path, map_size=1 << 30)
+    try:
+        assert not (tmp_path / ".defrag-abc").exists()
+        assert bytes(b.get("key", b"a")) == b"1"
+    finally:
+        b.close()
