@@ -61,6 +61,8 @@ from petcd.wal.wal import WAL, valid_snapshot_markers, wal_exists
 
 _log = log.get("etcdserver")
 
+# Temp files of the Maintenance.Snapshot RPC live in the snap dir under this prefix.
+SNAPSHOT_RPC_TMP_PREFIX = "snapshot-rpc-"
 # etcd's backend defaults (--backend-batch-interval, --backend-batch-limit)
 DEFAULT_BATCH_INTERVAL_S = 0.1
 DEFAULT_BATCH_LIMIT = 10000
@@ -164,6 +166,9 @@ class EtcdServer:
         os.makedirs(self.snap_dir, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         self._lock_member_dir()
+        for name in os.listdir(self.snap_dir):
+            if name.startswith(SNAPSHOT_RPC_TMP_PREFIX):  # a Snapshot RPC cut off by a crash
+                os.unlink(os.path.join(self.snap_dir, name))
         self.snapshotter = Snapshotter(self.snap_dir)
         self.backend = Backend(
             os.path.join(self.snap_dir, "db"),

@@ -29,6 +29,7 @@ from petcd.server.etcdserver import (
     F_DELETE_RANGE,
     F_PUT,
     F_TXN,
+    SNAPSHOT_RPC_TMP_PREFIX,
     EtcdServer,
 )
 
@@ -192,7 +193,7 @@ class MaintenanceService:
         srv = self.srv
         loop = asyncio.get_running_loop()
         srv.commit_backend()
-        fd, path = tempfile.mkstemp(prefix="snapshot-", dir=srv.snap_dir)
+        fd, path = tempfile.mkstemp(prefix=SNAPSHOT_RPC_TMP_PREFIX, dir=srv.snap_dir)
         os.close(fd)
         try:
             await loop.run_in_executor(None, srv.backend.snapshot, path)
