@@ -1157,11 +1157,19 @@ class Lease:
     async def __aexit__(self, *exc: object) -> None:
         await self.close(revoke=self.revoke_on_exit)
 
-    async def start(self) -> Lease:
-        resp = await self._client.grant(self.requested_ttl, lease_id=self.id)
-        self.id, self.ttl = resp.ID, resp.TTL
+    async def start(self, *, grant: bool = True) -> Lease:
+        """Grant the lease (or, with `grant=False`, adopt the existing lease `id`, raising
+        `ErrLeaseNotFound` if it is gone) and start the keep-alives."""
+        if grant:
+            resp = await self._client.grant(self.requested_ttl, lease_id=self.id)
+            self.id, self.ttl = resp.ID, resp.TTL
+        else:
+            ttl = await self._client.time_to_live(self.id)
+            if ttl.TTL <= 0:
+                raise errors.ErrLeaseNotFound()  # type: ignore[attr-defined]
+            self.ttl = ttl.TTL
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + resp.TTL
+        self._deadline = loop.time() + self.ttl
         self._client._leases.add(self)
         self._task = loop.create_task(self._keepalive())
         return self
