@@ -2,7 +2,8 @@
 
 `Client` is the asyncio client (`petcd.client.aio`); `SyncClient` is a blocking client that
 runs it on a private event-loop thread (`petcd.client.sync`). Errors are in
-`petcd.client.errors`.
+`petcd.client.errors`. The concurrency recipes (Session, Mutex, Election) and STM, with
+etcd's algorithms and key layouts, are in `petcd.client.concurrency` and `petcd.client.stm`.
 
     async with Client(["127.0.0.1:2379"]) as c:
         await c.put("k", "v")
@@ -12,6 +13,7 @@ runs it on a private event-loop thread (`petcd.client.sync`). Errors are in
 """
 
 from petcd.client.aio import Client, Compare, Lease, Txn, Watch, ops, prefix_range_end
+from petcd.client.concurrency import Election, Mutex, Session
 from petcd.client.errors import (
     ClientClosed,
     ClientError,
@@ -23,6 +25,8 @@ from petcd.client.errors import (
     WatchCanceled,
     WatchCompacted,
 )
+from petcd.client.stm import Isolation
+from petcd.client.stm import run as stm_run
 from petcd.client.sync import SyncClient
 
 __all__ = [
@@ -31,10 +35,14 @@ __all__ = [
     "ClientError",
     "Compare",
     "DeadlineExceeded",
+    "Election",
     "EtcdServerError",
+    "Isolation",
     "Lease",
     "LeaseExpired",
+    "Mutex",
     "RpcError",
+    "Session",
     "SyncClient",
     "Txn",
     "Unavailable",
@@ -43,4 +51,5 @@ __all__ = [
     "WatchCompacted",
     "ops",
     "prefix_range_end",
+    "stm_run",
 ]
