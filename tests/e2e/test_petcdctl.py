@@ -389,3 +389,29 @@ def test_go_formatting_unit():
     assert humanize_bytes(32768) == "33 kB" and humanize_bytes(5) == "5 B"
     assert humanize_bytes(2_100_000) == "2.1 MB"
     assert duration(0.003261699) == "3.261699ms" and duration(90.5) == "1m30.5s"
+
+
+def test_alarm_list_and_disarm_match(ep):
+    import grpc
+
+    from petcd.proto.etcdserverpb import rpc_pb2 as pb
+    from petcd.proto.etcdserverpb import rpc_pb2_grpc as pbg
+
+    with grpc.insecure_channel(ep) as ch:
+        m = pbg.MaintenanceStub(ch)
+        mid = m.Status(pb.StatusRequest()).header.member_id
+
+        def arm() -> None:
+            m.Alarm(
+                pb.AlarmRequest(action=pb.AlarmRequest.ACTIVATE, memberID=mid, alarm=pb.NOSPACE)
+            )
+
+        arm()
+        for fmt in ("simple", "json", "fields"):
+            a = same(ep, "alarm", "list", "-w", fmt)
+        assert a[1].endswith(b'"AlarmType" : NOSPACE\n\n')
+        a = run([ETCDCTL], ep, "alarm", "disarm")
+        arm()
+        b = run(PETCDCTL, ep, "alarm", "disarm")
+        assert a == b and a[1] == f"memberID:{mid} alarm:NOSPACE \n".encode()
+        same(ep, "alarm", "list")
