@@ -73,7 +73,8 @@ class _Base:
         return True
 
     def _failed(self, rev: int, err: EtcdError) -> None:
-        raise NotImplementedError
+        """Each compactor decides how to retry a failed compaction."""
+        raise NotImplementedError  # abstract: overridden by both compactors
 
 
 class PeriodicCompactor(_Base):
