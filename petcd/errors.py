@@ -117,3 +117,60 @@ ErrTimeoutWaitAppliedIndex = _err(
     _C.UNAVAILABLE,
     "etcdserver: request timed out, waiting for the applied index took too long",
 )
+
+# Auth (etcd's rpctypes/error.go); the server's auth store comes with the auth issue.
+ErrRootUserNotExist = _err(
+    "ErrRootUserNotExist", _C.FAILED_PRECONDITION, "etcdserver: root user does not exist"
+)
+ErrRootRoleNotExist = _err(
+    "ErrRootRoleNotExist", _C.FAILED_PRECONDITION, "etcdserver: root user does not have root role"
+)
+ErrUserAlreadyExist = _err(
+    "ErrUserAlreadyExist", _C.FAILED_PRECONDITION, "etcdserver: user name already exists"
+)
+ErrUserEmpty = _err("ErrUserEmpty", _C.INVALID_ARGUMENT, "etcdserver: user name is empty")
+ErrUserNotFound = _err("ErrUserNotFound", _C.FAILED_PRECONDITION, "etcdserver: user name not found")
+ErrRoleAlreadyExist = _err(
+    "ErrRoleAlreadyExist", _C.FAILED_PRECONDITION, "etcdserver: role name already exists"
+)
+ErrRoleNotFound = _err("ErrRoleNotFound", _C.FAILED_PRECONDITION, "etcdserver: role name not found")
+ErrRoleEmpty = _err("ErrRoleEmpty", _C.INVALID_ARGUMENT, "etcdserver: role name is empty")
+ErrAuthFailed = _err(
+    "ErrAuthFailed",
+    _C.INVALID_ARGUMENT,
+    "etcdserver: authentication failed, invalid user ID or password",
+)
+ErrPermissionDenied = _err(
+    "ErrPermissionDenied", _C.PERMISSION_DENIED, "etcdserver: permission denied"
+)
+ErrRoleNotGranted = _err(
+    "ErrRoleNotGranted", _C.FAILED_PRECONDITION, "etcdserver: role is not granted to the user"
+)
+ErrPermissionNotGranted = _err(
+    "ErrPermissionNotGranted",
+    _C.FAILED_PRECONDITION,
+    "etcdserver: permission is not granted to the role",
+)
+ErrAuthNotEnabled = _err(
+    "ErrAuthNotEnabled", _C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled"
+)
+ErrInvalidAuthToken = _err(
+    "ErrInvalidAuthToken", _C.UNAUTHENTICATED, "etcdserver: invalid auth token"
+)
+ErrInvalidAuthMgmt = _err(
+    "ErrInvalidAuthMgmt", _C.INVALID_ARGUMENT, "etcdserver: invalid auth management"
+)
+ErrPermissionNotGiven = _err(
+    "ErrPermissionNotGiven", _C.INVALID_ARGUMENT, "etcdserver: permission not given"
+)
+ErrAuthOldRevision = _err(
+    "ErrAuthOldRevision", _C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old"
+)
+
+# The lock and election services: Go returns these as plain errors, which gRPC sends as code
+# Unknown with the text.
+ErrElectionNotLeader = _err("ErrElectionNotLeader", _C.UNKNOWN, "election: not leader")
+ErrElectionNoLeader = _err("ErrElectionNoLeader", _C.UNKNOWN, "election: no leader")
+ErrSessionExpired = _err("ErrSessionExpired", _C.UNKNOWN, "mutex: session is expired")
+ErrMissingLeaderKey = _err("ErrMissingLeaderKey", _C.UNKNOWN, '"leader" field must be provided')
+ErrLostWatcher = _err("ErrLostWatcher", _C.UNKNOWN, "lost watcher waiting for delete")

@@ -110,70 +110,10 @@ def _client_class(srv_cls: type[_srv.EtcdError]) -> type[EtcdServerError]:
     return cls
 
 
-def _local(name: str, code: grpc.StatusCode, message: str) -> type[EtcdServerError]:
-    return _client_class(type(name, (_srv.EtcdError,), {"code": code, "message": message}))
-
-
 # One client class per server error in petcd.errors, under the same name.
 for _name, _obj in list(vars(_srv).items()):
     if isinstance(_obj, type) and issubclass(_obj, _srv.EtcdError) and _obj is not _srv.EtcdError:
         globals()[_name] = _client_class(_obj)
-
-# Messages the server side does not define (yet): auth (rpctypes/error.go) and the
-# election recipe's plain errors, which arrive with code UNKNOWN.
-ErrRootUserNotExist = _local(
-    "ErrRootUserNotExist", _C.FAILED_PRECONDITION, "etcdserver: root user does not exist"
-)
-ErrRootRoleNotExist = _local(
-    "ErrRootRoleNotExist", _C.FAILED_PRECONDITION, "etcdserver: root user does not have root role"
-)
-ErrUserAlreadyExist = _local(
-    "ErrUserAlreadyExist", _C.FAILED_PRECONDITION, "etcdserver: user name already exists"
-)
-ErrUserEmpty = _local("ErrUserEmpty", _C.INVALID_ARGUMENT, "etcdserver: user name is empty")
-ErrUserNotFound = _local(
-    "ErrUserNotFound", _C.FAILED_PRECONDITION, "etcdserver: user name not found"
-)
-ErrRoleAlreadyExist = _local(
-    "ErrRoleAlreadyExist", _C.FAILED_PRECONDITION, "etcdserver: role name already exists"
-)
-ErrRoleNotFound = _local(
-    "ErrRoleNotFound", _C.FAILED_PRECONDITION, "etcdserver: role name not found"
-)
-ErrRoleEmpty = _local("ErrRoleEmpty", _C.INVALID_ARGUMENT, "etcdserver: role name is empty")
-ErrAuthFailed = _local(
-    "ErrAuthFailed",
-    _C.INVALID_ARGUMENT,
-    "etcdserver: authentication failed, invalid user ID or password",
-)
-ErrPermissionDenied = _local(
-    "ErrPermissionDenied", _C.PERMISSION_DENIED, "etcdserver: permission denied"
-)
-ErrRoleNotGranted = _local(
-    "ErrRoleNotGranted", _C.FAILED_PRECONDITION, "etcdserver: role is not granted to the user"
-)
-ErrPermissionNotGranted = _local(
-    "ErrPermissionNotGranted",
-    _C.FAILED_PRECONDITION,
-    "etcdserver: permission is not granted to the role",
-)
-ErrAuthNotEnabled = _local(
-    "ErrAuthNotEnabled", _C.FAILED_PRECONDITION, "etcdserver: authentication is not enabled"
-)
-ErrInvalidAuthToken = _local(
-    "ErrInvalidAuthToken", _C.UNAUTHENTICATED, "etcdserver: invalid auth token"
-)
-ErrInvalidAuthMgmt = _local(
-    "ErrInvalidAuthMgmt", _C.INVALID_ARGUMENT, "etcdserver: invalid auth management"
-)
-ErrPermissionNotGiven = _local(
-    "ErrPermissionNotGiven", _C.INVALID_ARGUMENT, "etcdserver: permission not given"
-)
-ErrAuthOldRevision = _local(
-    "ErrAuthOldRevision", _C.INVALID_ARGUMENT, "etcdserver: revision of auth store is old"
-)
-ErrElectionNotLeader = _local("ErrElectionNotLeader", _C.UNKNOWN, "election: not leader")
-ErrElectionNoLeader = _local("ErrElectionNoLeader", _C.UNKNOWN, "election: no leader")
 
 _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
     _C.UNAVAILABLE: Unavailable,

@@ -21,9 +21,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-import grpc
-
-from petcd.errors import ErrCompacted, EtcdError
+from petcd.errors import (  # the Err* below are re-exported for the Lock/Election services
+    ErrCompacted,
+    ErrElectionNoLeader,
+    ErrElectionNotLeader,
+    ErrLostWatcher,
+    ErrMissingLeaderKey,
+    ErrSessionExpired,
+    EtcdError,
+)
 from petcd.mvcc.kvstore import EVENT_DELETE, EVENT_PUT
 from petcd.mvcc.watchable import FILTER_NOPUT, INVALID_WATCH_ID, WatchStream
 from petcd.proto.etcdserverpb import rpc_pb2
@@ -44,19 +50,6 @@ _CMP_EQUAL = rpc_pb2.Compare.EQUAL
 _SORT_CREATE = rpc_pb2.RangeRequest.CREATE
 _ASCEND = rpc_pb2.RangeRequest.ASCEND
 _DESCEND = rpc_pb2.RangeRequest.DESCEND
-
-
-def _plain(name: str, message: str) -> type[EtcdError]:
-    # Go returns these as plain errors, which gRPC sends as code Unknown with the text.
-    return type(name, (EtcdError,), {"code": grpc.StatusCode.UNKNOWN, "message": message})
-
-
-
-ErrElectionNotLeader = _plain("ErrElectionNotLeader", "election: not leader")
-ErrElectionNoLeader = _plain("ErrElectionNoLeader", "election: no leader")
-ErrSessionExpired = _plain("ErrSessionExpired", "mutex: session is expired")
-ErrMissingLeaderKey = _plain("ErrMissingLeaderKey", '"leader" field must be provided')
-ErrLostWatcher = _plain("ErrLostWatcher", "lost watcher waiting for delete")
 
 
 def prefix_end(pfx: bytes) -> bytes:
