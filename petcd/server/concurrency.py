@@ -43,7 +43,6 @@ DEFAULT_SESSION_TTL = 60
 # Quota costs as in the KV and Lease services.
 KV_OVERHEAD = 256
 LEASE_OVERHEAD = 64
-_ID_MASK = (1 << 63) - 1
 
 _CMP_CREATE = rpc_pb2.Compare.CREATE
 _CMP_EQUAL = rpc_pb2.Compare.EQUAL
@@ -101,7 +100,7 @@ class Recipes:
         srv.check_quota(LEASE_OVERHEAD)
         req = rpc_pb2.LeaseGrantRequest(TTL=DEFAULT_SESSION_TTL)
         while req.ID == 0:
-            req.ID = srv._reqid.next() & _ID_MASK
+            req.ID = srv.new_lease_id()
         res = await srv.propose(F_LEASE_GRANT, req.SerializeToString(), req)
         return res.resp.ID
 

@@ -345,6 +345,11 @@ class EtcdServer:
                 self._wake.set()
             raise ErrNoSpace()
 
+    def new_lease_id(self) -> int:
+        """A fresh lease ID when the client lets the server choose: etcd derives it from the
+        request ID generator, kept positive (int64)."""
+        return self._reqid.next() & ((1 << 63) - 1)
+
     def _propose_nowait(self, field_no: int, payload: bytes, req: Any) -> tuple[int, asyncio.Future]:
         if self._fatal is not None:
             raise ErrStopped()

@@ -56,7 +56,7 @@ class LeaseService:
         srv.check_quota(LEASE_OVERHEAD)
         # etcd derives a server-chosen ID from the request ID generator (positive int64).
         while req.ID == 0:
-            req.ID = srv._reqid.next() & _ID_MASK
+            req.ID = srv.new_lease_id()
         res = await srv.propose(F_LEASE_GRANT, req.SerializeToString(), req)
         return srv.header.header(res.revision, srv.term) + res.resp.SerializeToString()
 
