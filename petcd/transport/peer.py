@@ -59,7 +59,7 @@ from petcd.transport.codec import (
     encode_message,
 )
 
-__all__ = ["Transport", "PeerStats", "TransportError"]
+__all__ = ["Transport", "PeerStats", "TransportError", "fetch_cluster_info"]
 
 _log = log.get("rafthttp")
 
@@ -73,6 +73,8 @@ _U32 = struct.Struct("<I")
 
 CH_STREAM = 0
 CH_SNAPSHOT = 1
+# A joining member asks any peer for the cluster's members (etcd: GET /members on a peer URL).
+CH_MEMBERS = 2
 
 ST_OK = 0
 ST_CLUSTER_MISMATCH = 1
@@ -379,10 +381,18 @@ class _Inbound(asyncio.Protocol):
 
     def _hello(self, magic: bytes, version: int, channel: int, cid: int, frm: int, to: int) -> None:
         t = self.t
-        if magic != _MAGIC or version != _VERSION or channel not in (CH_STREAM, CH_SNAPSHOT):
+        if magic != _MAGIC or version != _VERSION or channel not in _CHANNELS:
             self._refuse(ST_BAD_REQUEST, "unsupported protocol")
             raise TransportError("bad handshake")
         self.peer = frm
+        if channel == CH_MEMBERS:
+            info = t.cluster_info() if t.cluster_info is not None else b""
+            status = ST_OK if info else ST_BAD_REQUEST
+            assert self.transport is not None
+            self.transport.write(_REPLY.pack(status, len(info)) + info)
+            self.transport.close()
+            self.state = _IN_DONE
+            return
         if cid != t.cluster_id:
             _log.warning(
                 f"request cluster ID mismatch (got {_hex(cid)} want {_hex(t.cluster_id)})",
@@ -545,6 +555,7 @@ class Transport:
         backoff_base: float = 0.05,
         backoff_max: float = 0.5,
         on_removed: Callable[[], None] | None = None,
+        cluster_info: Callable[[], bytes] | None = None,
         server_ssl: ssl.SSLContext | None = None,
         client_ssl: ssl.SSLContext | None = None,
     ) -> None:
@@ -554,6 +565,7 @@ class Transport:
         self.on_unreachable = on_unreachable
         self.on_snapshot_status = on_snapshot_status
         self.on_removed = on_removed
+        self.cluster_info = cluster_info  # the members, served on CH_MEMBERS
         self.snapshot_dir = snapshot_dir
         self.queue_limit = queue_limit
         self.dial_timeout = dial_timeout
@@ -987,6 +999,35 @@ class Transport:
                 type=_MSG_NAMES.get(m.type, str(m.type)),
             )
 
+
+async def fetch_cluster_info(
+    urls: list[str], timeout: float = 1.0, client_ssl: ssl.SSLContext | None = None
+) -> bytes:
+    """Ask the members at ``urls`` for the cluster's members (the first that answers)."""
+    errors = []
+    for url in urls:
+        writer = None
+        try:
+            host, port = _parse_url(url)
+            tls = client_ssl if url.startswith("https") else None
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port, ssl=tls)
+                writer.write(_HELLO.pack(_MAGIC, _VERSION, CH_MEMBERS, 0, 0, 0))
+                status, n = _REPLY.unpack(await reader.readexactly(_REPLY.size))
+                body = await reader.readexactly(n) if n else b""
+            if status == ST_OK and body:
+                return body
+            errors.append(f"{url}: refused")
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as e:
+            errors.append(f"{url}: {e or type(e).__name__}")
+        finally:
+            if writer is not None:
+                writer.close()
+    raise TransportError("could not retrieve cluster information from the given URLs: "
+                         + "; ".join(errors))
+
+
+_CHANNELS = (CH_STREAM, CH_SNAPSHOT, CH_MEMBERS)
 
 _MSG_NAMES = {
     t.value: "Msg" + "".join(w.capitalize() for w in t.name.split("_")) for t in MessageType
