@@ -264,6 +264,25 @@ class Backend:
             os.close(dir_fd)
         self._open()
 
+    def replace(self, db_file: str) -> None:
+        """Swap in a received database image (a Raft snapshot from the leader) and reopen.
+
+        Uncommitted batch writes are discarded: the image supersedes them.
+        """
+        self.txn.abort()
+        self.txn = None
+        self.env.close()
+        os.replace(db_file, self.path)
+        d = os.path.dirname(self.path) or "."
+        dir_fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.pending = 0
+        self._pending_bytes = 0
+        self._open()
+
     def snapshot(self, dest: str | os.PathLike[str] | BinaryIO) -> int:
         """Write a consistent copy of the committed database; returns its size in bytes.
 

@@ -331,10 +331,6 @@ NOT_SUPPORTED_YET: tuple[tuple[str, Callable[[ServerConfig], bool]], ...] = (
     ("discovery (--discovery)", lambda c: bool(c.discovery)),
     ("DNS SRV discovery (--discovery-srv)", lambda c: bool(c.discovery_srv)),
     ("v2 proxy mode (--proxy other than 'off')", lambda c: c.proxy != "off"),
-    ("clusters of more than one member (--initial-cluster)",
-     lambda c: len(_initial_cluster_names(c.initial_cluster)) > 1),
-    ("joining an existing cluster (--initial-cluster-state=existing)",
-     lambda c: c.initial_cluster_state == "existing"),
 )
 
 
@@ -350,10 +346,6 @@ def check_not_supported(cfg: ServerConfig) -> None:
 def _goq_list(items: Sequence[str]) -> str:
     """Go's %q formatting of a []string."""
     return "[" + " ".join(f'"{s}"' for s in items) + "]"
-
-
-def _initial_cluster_names(s: str) -> set[str]:
-    return {p.split("=", 1)[0] for p in s.split(",") if p}
 
 
 def parse_initial_cluster(s: str) -> dict[str, list[str]]:

@@ -901,6 +901,31 @@ class Client:
         req = pb.MemberListRequest(linearizable=linearizable)
         return await self._unary("cluster", "MemberList", req, True, timeout)
 
+    # Membership changes are not repeatable: a retried MemberAdd could add the member twice.
+    async def member_add(
+        self, peer_urls: Sequence[str], *, learner: bool = False, timeout: float | None = _DEFAULT
+    ) -> pb.MemberAddResponse:
+        req = pb.MemberAddRequest(peerURLs=list(peer_urls), isLearner=learner)
+        return await self._unary("cluster", "MemberAdd", req, False, timeout)
+
+    async def member_remove(
+        self, member_id: int, *, timeout: float | None = _DEFAULT
+    ) -> pb.MemberRemoveResponse:
+        req = pb.MemberRemoveRequest(ID=member_id)
+        return await self._unary("cluster", "MemberRemove", req, False, timeout)
+
+    async def member_update(
+        self, member_id: int, peer_urls: Sequence[str], *, timeout: float | None = _DEFAULT
+    ) -> pb.MemberUpdateResponse:
+        req = pb.MemberUpdateRequest(ID=member_id, peerURLs=list(peer_urls))
+        return await self._unary("cluster", "MemberUpdate", req, False, timeout)
+
+    async def member_promote(
+        self, member_id: int, *, timeout: float | None = _DEFAULT
+    ) -> pb.MemberPromoteResponse:
+        req = pb.MemberPromoteRequest(ID=member_id)
+        return await self._unary("cluster", "MemberPromote", req, False, timeout)
+
     # -- Lock and election services (v3lock / v3election) --------------------------------------
 
     async def lock(self, name: KeyLike, lease_id: int, *, timeout: float | None = None) -> bytes:

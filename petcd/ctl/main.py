@@ -1289,6 +1289,20 @@ def _tree() -> Command:
 
 
 ROOT = _tree()
+_EXTRA_LOADED = False
+
+
+def _load_extra_commands() -> None:
+    """Add the commands that live in their own modules (they import this one, so late)."""
+    global _EXTRA_LOADED
+    if _EXTRA_LOADED:
+        return
+    _EXTRA_LOADED = True
+    from petcd.ctl import check, member, mirror
+
+    for mod in (member, mirror, check):
+        mod.register(ROOT)
+    ROOT.subs.sort(key=lambda c: c.name)
 
 
 def usage(cmd: Command) -> str:
@@ -1413,6 +1427,7 @@ def _run(argv: list[str]) -> int:
     if api not in ("", "3"):
         sys.stderr.write(f"unsupported API version {api}\n")
         return EXIT_ERROR
+    _load_extra_commands()
     cmd, rest = _find_command(argv)
     if cmd.run is None:
         # A command group without a subcommand: cobra prints its usage and succeeds.

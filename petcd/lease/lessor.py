@@ -132,6 +132,19 @@ class Lessor:
                 self._attach(key, lid)
             kv.lease_hook = self.on_key_lease
 
+    def restore(self) -> None:
+        """Reload every lease from the backend (replaced by a snapshot image). Call before
+        the KV store's restore, which re-attaches keys through the lease hook."""
+        self.leases = {}
+        self._heap = []
+        self._cp_heap = []
+        self._revoke_queue = []
+        self._revoking = set()
+        self._recover()
+        if self.primary:
+            self.primary = False
+            self.promote(self.extend)
+
     def _recover(self) -> None:
         for _k, v in self.backend.for_each(BUCKET_LEASE):
             lpb = lease_pb2.Lease.FromString(bytes(v))

@@ -91,6 +91,16 @@ class KVStore:
 
     # -- startup -------------------------------------------------------------------------
 
+    def restore(self) -> None:
+        """Rebuild from the backend after it was replaced by a snapshot image."""
+        self.index = TreeIndex()
+        self.rev = 1
+        self.compact_rev = -1
+        self.consistent_index = 0
+        self.consistent_term = 0
+        self._compaction = None
+        self._restore()
+
     def _restore(self) -> None:
         b = self.backend
         ci = b.get(BUCKET_META, META_CONSISTENT_INDEX)

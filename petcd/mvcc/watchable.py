@@ -422,6 +422,15 @@ class WatchableStore:
             self._wake_worker()
         return w
 
+    def restore(self) -> None:
+        """The store was replaced by a snapshot image: every synced watcher catches up
+        from its next revision through the unsynced path (etcd's watchableStore.Restore)."""
+        for w in self.synced.watchers:
+            self.unsynced.add(w)
+        self.synced = WatcherGroup()
+        if self.unsynced.watchers:
+            self._wake_worker()
+
     def cancel(self, w: Watcher) -> None:
         if not self.unsynced.delete(w) and not self.synced.delete(w):
             self.victims.pop(w, None)

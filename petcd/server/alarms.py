@@ -16,8 +16,11 @@ class AlarmStore:
 
     def __init__(self, backend) -> None:
         self._backend = backend
+        self.reload()
+
+    def reload(self) -> None:
         self._alarms: dict[tuple[int, int], rpc_pb2.AlarmMember] = {}
-        for _k, v in backend.range(ALARM_BUCKET, b""):
+        for _k, v in self._backend.range(ALARM_BUCKET, b""):
             a = rpc_pb2.AlarmMember.FromString(bytes(v))
             self._alarms[(a.memberID, a.alarm)] = a
 

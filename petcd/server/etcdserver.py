@@ -9,7 +9,9 @@ fsynced to the WAL and applied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
+import json
 import os
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from petcd import log
 from petcd.api.v3.codec import HeaderEncoder
 from petcd.backend.backend import Backend
 from petcd.errors import (
+    ErrMemberNotFound,
     ErrNoLeader,
     ErrNoSpace,
     ErrStopped,
@@ -34,7 +37,17 @@ from petcd.mvcc.watchable import WatchableStore
 from petcd.proto.etcdserverpb import rpc_pb2
 from petcd.proto.membershippb import membership_pb2
 from petcd.raft import MemoryStorage, ProposalDropped, RaftConfig, RawNode, decode_conf_change
-from petcd.raft.types import ConfState, Entry, EntryType, Snapshot, SnapshotMetadata
+from petcd.raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    Snapshot,
+    SnapshotMetadata,
+)
 from petcd.server import compactor
 from petcd.server.alarms import AlarmStore
 from petcd.server.apply_kv import KVApplier, txn_has_put
@@ -55,6 +68,7 @@ from petcd.server.requests import (  # noqa: F401  (F_* re-exported for the serv
     decode_internal,
     encode_internal,
 )
+from petcd.transport import Transport
 from petcd.version import CLUSTER_VERSION, ETCD_VERSION
 from petcd.wal.snap import Snapshotter
 from petcd.wal.wal import WAL, valid_snapshot_markers, wal_exists
@@ -63,6 +77,8 @@ _log = log.get("etcdserver")
 
 # Temp files of the Maintenance.Snapshot RPC live in the snap dir under this prefix.
 SNAPSHOT_RPC_TMP_PREFIX = "snapshot-rpc-"
+# Database images being sent to a follower that is too far behind for the log.
+SNAP_SEND_PREFIX = "send-"
 # etcd's backend defaults (--backend-batch-interval, --backend-batch-limit)
 DEFAULT_BATCH_INTERVAL_S = 0.1
 DEFAULT_BATCH_LIMIT = 10000
@@ -157,17 +173,29 @@ class EtcdServer:
         self.published = asyncio.Event()
         self.fatal_event = asyncio.Event()
         self.on_leader_change: list[Callable[[int], None]] = []
+        self.transport: Transport | None = None
+        self.peer_tls: tuple[Any, Any] = (None, None)  # (server, client) ssl contexts
+        # Conf changes waiting to be applied, by ConfChange.id.
+        self._conf_waits: dict[int, asyncio.Future] = {}
+        # Database images sent to followers (path by peer), until the transfer reports back.
+        self._snap_sends: dict[int, str] = {}
+        self.removed = False  # this member was removed from the cluster
 
     # ------------------------------------------------------------------ startup
 
-    def open(self) -> None:
-        """Open or create the data dir, replay the WAL, restore Raft and MVCC."""
+    def open(self, remote_cluster: bytes | None = None) -> None:
+        """Open or create the data dir, replay the WAL, restore Raft and MVCC.
+
+        ``remote_cluster``: for ``--initial-cluster-state existing`` on first start, the
+        members as a peer reported them (see ``Transport`` CH_MEMBERS).
+        """
         cfg = self.cfg
         os.makedirs(self.snap_dir, exist_ok=True)
         os.chmod(self.data_dir, 0o700)
         self._lock_member_dir()
         for name in os.listdir(self.snap_dir):
-            if name.startswith(SNAPSHOT_RPC_TMP_PREFIX):  # a Snapshot RPC cut off by a crash
+            if name.startswith(SNAPSHOT_RPC_TMP_PREFIX) or name.startswith(SNAP_SEND_PREFIX):
+                # a Snapshot RPC or a snapshot send to a follower cut off by a crash
                 os.unlink(os.path.join(self.snap_dir, name))
         self.snapshotter = Snapshotter(self.snap_dir)
         self.backend = Backend(
@@ -201,16 +229,23 @@ class EtcdServer:
                    "commit-index": st.hard_state.commit},
             )
         else:
-            cfg.check_bootstrap()
-            urls = list(cfg.initial_advertise_peer_urls)
-            self.id = member_id(urls, cfg.initial_cluster_token)
-            cid = cluster_id([self.id])
-            self.cluster = RaftCluster(cid, self.id)
-            self.cluster.add(Member(self.id, self.name, list(urls), []))
+            initial = cfg.check_bootstrap()
+            if cfg.initial_cluster_state == "existing":
+                self.cluster = _join_cluster(initial, self.name, remote_cluster)
+                self.id = self.cluster.local_id
+                cid = self.cluster.cluster_id
+                peers = None  # the leader brings this member's log and configuration
+            else:
+                ids = {n: member_id(u, cfg.initial_cluster_token) for n, u in initial.items()}
+                self.id = ids[self.name]
+                cid = cluster_id(list(ids.values()))
+                self.cluster = RaftCluster(cid, self.id)
+                for n, u in initial.items():
+                    self.cluster.add(Member(ids[n], n, list(u), []))
+                peers = sorted(ids.values())
             self.cluster.save(self.backend)
             self.backend.commit()
             self.wal = WAL.create(self.wal_dir, _encode_wal_metadata(self.id, cid))
-            peers = [self.id]
             _log.info(
                 "starting local member",
                 **{"local-member-id": f"{self.id:x}", "cluster-id": f"{cid:x}"},
@@ -237,6 +272,9 @@ class EtcdServer:
             applied=applied,
         )
         self.node = RawNode(rcfg, self.storage, peers=peers)
+        if peers is None and not self.storage.last_index() and not self._snapshot_index:
+            _log.info("joining an existing cluster; waiting for the leader's log",
+                      **{"local-member-id": f"{self.id:x}"})
 
     def _lock_member_dir(self) -> None:
         """One member per data dir: a second process must fail, not wait on the backend's lock."""
@@ -253,6 +291,22 @@ class EtcdServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._loop = loop
+        server_ssl, client_ssl = self.peer_tls
+        self.transport = Transport(
+            self.id,
+            self.cluster.cluster_id,
+            self._on_peer_message,
+            on_unreachable=self._on_unreachable,
+            on_snapshot_status=self._on_snapshot_status,
+            snapshot_dir=self.snap_dir,
+            on_removed=self._on_removed,
+            cluster_info=self.cluster.to_json,
+            server_ssl=server_ssl,
+            client_ssl=client_ssl,
+        )
+        await self.transport.start(list(self.cfg.listen_peer_urls))
+        for m in self.cluster.members.values():
+            self.transport.add_peer(m.id, list(m.peer_urls))
         self._tasks = [
             loop.create_task(self._raft_loop(), name="raft-loop"),
             loop.create_task(self._ticker(), name="ticker"),
@@ -316,6 +370,15 @@ class EtcdServer:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
+        if self.transport is not None:
+            await self.transport.stop()
+        for fut in self._conf_waits.values():
+            if not fut.done():
+                fut.set_exception(ErrStopped())
+        self._conf_waits.clear()
+        for path in self._snap_sends.values():
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         for w in self._waits.values():
             if not w.fut.done():
                 w.fut.set_exception(ErrStopped())
@@ -454,7 +517,7 @@ class EtcdServer:
                     self._cycle_busy = True  # no inline cycles while the snapshot is written
                     await self._snapshot()
                     self._cycle_busy = False
-                if self._next_read is not None and self.lead == self.id:
+                if self._next_read is not None and self.lead:
                     self._start_read_round()
                 if not node.has_ready():
                     self._wake.clear()
@@ -475,6 +538,13 @@ class EtcdServer:
                         # while, then probe again.
                         self._batch_backoff_until = time.monotonic() + BATCH_BACKOFF_S
                         self._batch_size_avg = BATCH_MIN_AVG + 0.1
+                if rd.messages and self.lead == self.id:
+                    # A leader may send before its own fsync (Raft thesis 10.2.1): it counts
+                    # itself for commit only once this Ready is persisted and advanced.
+                    self._send(rd.messages)
+                    rd.messages = []
+                if rd.snapshot is not None:
+                    await self._install_snapshot(rd.snapshot)
                 if rd.entries or rd.hard_state is not None:
                     if len(self._waits) <= len(rd.entries):
                         # Nobody else is waiting to write: nothing to batch, so skip two
@@ -509,8 +579,6 @@ class EtcdServer:
         self.entry_count += len(rd.entries)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
-        if rd.snapshot is not None and rd.snapshot.metadata.index > 0:
-            raise RuntimeError("receiving Raft snapshots is not supported yet")
         return rd
 
     def _persist_inline(self, rd) -> None:
@@ -528,7 +596,8 @@ class EtcdServer:
             self.committed_index = rd.hard_state.commit
         if rd.entries:
             self.storage.append(rd.entries)
-        # (messages go to the peer transport once clustering exists)
+        if rd.messages:
+            self._send(rd.messages)  # a follower answers only once its state is durable
         if rd.committed_entries:
             self._apply_entries(rd.committed_entries)
         if rd.read_states:
@@ -544,7 +613,11 @@ class EtcdServer:
         this is the only write, saving two task switches on a lone client's put."""
         self._cycle_busy = True
         try:
+            unstable = self.node.raft.log.unstable
             while self.node.has_ready():
+                if unstable.snapshot is not None:
+                    self._wake.set()  # installing a snapshot is the loop's (async) work
+                    return
                 rd = self._take_ready()
                 if rd.entries or rd.hard_state is not None:
                     self._persist_inline(rd)
@@ -581,8 +654,7 @@ class EtcdServer:
                     **{"local-member-id": f"{self.id:x}", "leader": f"{lead:x}",
                        "term": self.node.term},
                 )
-                if lead == self.id:
-                    self.leader_ready.set()
+                self.leader_ready.set()
             else:
                 _log.warning("raft.node: lost leader", **{"local-member-id": f"{self.id:x}"})
             for cb in self.on_leader_change:
@@ -626,7 +698,207 @@ class EtcdServer:
             self._applied_waiters = keep
 
     def _apply_conf_change(self, e: Entry) -> None:
-        self._conf_state = self.node.apply_conf_change(decode_conf_change(e.data))
+        cc = decode_conf_change(e.data)
+        m = Member.from_json(cc.context) if cc.context else None
+        cluster = self.cluster
+        fut = self._conf_waits.pop(cc.id, None) if cc.id else None
+        err: EtcdError | None = None
+        t = cc.type
+        if cc.node_id in cluster.removed:
+            err = ErrMemberNotFound()  # stale: the ID was removed meanwhile (etcd: ErrIDRemoved)
+            cc = ConfChange(ConfChangeType.REMOVE_NODE, 0)  # a no-op for Raft
+        self._conf_state = self.node.apply_conf_change(cc)
+        if err is None:
+            if t in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+                cur = cluster.members.get(cc.node_id)
+                if cur is not None:
+                    if cur.is_learner and t == ConfChangeType.ADD_NODE:
+                        cur.is_learner = False  # promotion
+                        cluster.save_member(self.backend, cur)
+                        _log.info("promote member", **{"promoted-member-id": f"{cur.id:x}"})
+                elif m is not None:
+                    m.is_learner = t == ConfChangeType.ADD_LEARNER_NODE
+                    cluster.add(m)
+                    cluster.save_member(self.backend, m)
+                    if self.transport is not None:
+                        self.transport.add_peer(m.id, list(m.peer_urls))
+                    _log.info(
+                        "added member",
+                        **{"added-peer-id": f"{m.id:x}", "added-peer-peer-urls": m.peer_urls,
+                           "cluster-id": f"{cluster.cluster_id:x}"},
+                    )
+            elif t == ConfChangeType.REMOVE_NODE:
+                cluster.remove(cc.node_id, self.backend)
+                _log.info(
+                    "removed member",
+                    **{"removed-remote-peer-id": f"{cc.node_id:x}",
+                       "cluster-id": f"{cluster.cluster_id:x}"},
+                )
+                if cc.node_id == self.id:
+                    self._removed_self()
+                elif self.transport is not None:
+                    self.transport.remove_peer(cc.node_id)
+            elif t == ConfChangeType.UPDATE_NODE and m is not None:
+                cur = cluster.members.get(cc.node_id)
+                if cur is not None:
+                    cur.peer_urls = list(m.peer_urls)
+                    cluster.save_member(self.backend, cur)
+                    if self.transport is not None:
+                        self.transport.update_peer(cur.id, list(cur.peer_urls))
+                    _log.info("updated member", **{"updated-remote-peer-id": f"{cur.id:x}",
+                                                   "updated-remote-peer-urls": cur.peer_urls})
+        if fut is not None and not fut.done():
+            fut.set_result(err)
+
+    def _removed_self(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        _log.warning("the member has been permanently removed from the cluster",
+                     **{"local-member-id": f"{self.id:x}"})
+        self.fatal_event.set()
+
+    # ------------------------------------------------------------------ membership changes
+
+    async def propose_conf_change(self, cc: ConfChange) -> list[Member]:
+        """Propose a membership change through Raft and wait until it is applied here."""
+        if self._stopped or self._fatal is not None:
+            raise ErrStopped()
+        if not self.lead:
+            raise ErrNoLeader()
+        cc.id = self._reqid.next()
+        fut = self._loop.create_future()
+        self._conf_waits[cc.id] = fut
+        try:
+            self.node.propose_conf_change(cc)
+        except ProposalDropped:
+            self._conf_waits.pop(cc.id, None)
+            raise ErrNoLeader() from None
+        self._wake.set()
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                err = await fut
+        except TimeoutError:
+            raise ErrTimeout() from None
+        finally:
+            self._conf_waits.pop(cc.id, None)
+        if err is not None:
+            raise err
+        return self.cluster.member_list()
+
+    def learner_in_sync(self, member_id: int) -> bool:
+        """etcd's isLearnerReady: the learner's match is within 90% of the leader's."""
+        st = self.node.status()
+        pr = st.progress.get(member_id)
+        mine = st.progress.get(self.id)
+        if pr is None or mine is None:
+            return False
+        return pr.match >= mine.match * 0.9
+
+    def started_voters_healthy_after(self, add: int = 0, remove: int = 0) -> bool:
+        """--strict-reconfig-check: would the voters that are up still make a quorum?"""
+        voters = [m for m in self.cluster.voters() if m != remove]
+        active = sum(1 for m in voters if m == self.id or self._peer_active(m))
+        total = len(voters) + add
+        return active >= total // 2 + 1
+
+    def _peer_active(self, member_id: int) -> bool:
+        return self.transport is not None and self.transport.active_since(member_id) is not None
+
+    # ------------------------------------------------------------------ peer messages
+
+    def _send(self, msgs: list[Message]) -> None:
+        tr = self.transport
+        if tr is None:
+            return
+        plain = msgs
+        if any(m.type == MessageType.SNAP for m in msgs):
+            plain = []
+            for m in msgs:
+                if m.type == MessageType.SNAP:
+                    self._spawn(self._send_snapshot(m))
+                else:
+                    plain.append(m)
+        if plain:
+            tr.send(plain)
+
+    def _spawn(self, coro) -> None:
+        t = self._loop.create_task(coro)
+        self._tasks.append(t)
+        t.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
+
+    async def _send_snapshot(self, m: Message) -> None:
+        """Send a follower the whole database with the Raft snapshot (etcd's merged
+        snapshot): the image is at least as new as the snapshot's index."""
+        to = m.to
+        path = os.path.join(self.snap_dir, f"{SNAP_SEND_PREFIX}{to:016x}.db")
+        try:
+            self.commit_backend()
+            await self._loop.run_in_executor(self._io_pool, self.backend.snapshot, path)
+        except Exception as e:  # noqa: BLE001 - report and let Raft retry
+            _log.warning("failed to create database snapshot for follower", error=str(e))
+            self.node.report_snapshot(to, True)
+            self._wake.set()
+            return
+        self._snap_sends[to] = path
+        if self.transport is None:
+            return
+        self.transport.send_snapshot(m, path)
+
+    def _on_snapshot_status(self, peer: int, failed: bool) -> None:
+        path = self._snap_sends.pop(peer, None)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        if self._stopped:
+            return
+        self.node.report_snapshot(peer, failed)
+        self._wake.set()
+
+    def _on_peer_message(self, m: Message) -> None:
+        if self._stopped or self._fatal is not None:
+            return
+        if m.type == MessageType.SNAP:
+            m.context = b""  # the image waits at <snap_dir>/<index>.snap.db
+        self.node.step(m)
+        self._wake.set()
+
+    def _on_unreachable(self, peer: int) -> None:
+        if not self._stopped:
+            self.node.report_unreachable(peer)
+
+    def _on_removed(self) -> None:
+        self._removed_self()
+
+    async def _install_snapshot(self, snap: Snapshot) -> None:
+        """A leader's snapshot for this follower: persist it, then swap in its database."""
+        meta = snap.metadata
+        db = os.path.join(self.snap_dir, f"{meta.index:016x}.snap.db")
+        if not os.path.exists(db):
+            raise RuntimeError(f"failed to open database snapshot file {db}: not found")
+        _log.info("applying snapshot", **{"incoming-leader-snapshot-index": meta.index,
+                                          "current-applied-index": self.applied_index})
+        await self._loop.run_in_executor(self._wal_pool, self.snapshotter.save, snap)
+        await self._loop.run_in_executor(self._wal_pool, self.wal.save_snapshot, meta)
+        self.backend.replace(db)
+        self.lessor.restore()
+        self.kv.restore()
+        self.watchable.restore()
+        self.alarms.reload()
+        self.cluster.load(self.backend)
+        self.db_size = self.backend.size()
+        self.storage.apply_snapshot(snap)
+        self._snapshot_index = meta.index
+        self._conf_state = meta.conf_state
+        self.applied_index = meta.index
+        if self.transport is not None:
+            for mem in self.cluster.members.values():
+                self.transport.add_peer(mem.id, list(mem.peer_urls))
+        for pid in list(self.transport._peers) if self.transport is not None else []:
+            if pid not in self.cluster.members:
+                self.transport.remove_peer(pid)
+        _log.info("applied snapshot", **{"applied-index": meta.index,
+                                         "consistent-index": self.kv.consistent_index})
 
     def _dispatch(self, field_no: int, req: Any) -> Any:
         ap = self.applier
@@ -713,6 +985,40 @@ class EtcdServer:
 
     def header_bytes(self, revision: int | None = None) -> bytes:
         return self.header.header(self.kv.rev if revision is None else revision, self.node.term)
+
+
+def _join_cluster(
+    initial: dict[str, list[str]], name: str, remote: bytes | None
+) -> RaftCluster:
+    """--initial-cluster-state existing: adopt the remote cluster's IDs, after checking that
+    its members' peer URLs are the ones --initial-cluster names (etcd's
+    ValidateClusterAndAssignIDs)."""
+    if not remote:
+        raise RuntimeError("cannot fetch cluster info from peer urls")
+    info = json.loads(remote)
+    members = [Member.from_json(json.dumps(d).encode()) for d in info["members"]]
+    local_urls = sorted(u for urls in initial.values() for u in urls)
+    remote_urls = sorted(u for m in members for u in m.peer_urls)
+    if local_urls != remote_urls:
+        if len(members) != len(initial):
+            why = "member count is unequal"
+        else:
+            why = f"unmatched member while checking PeerURLs ({remote_urls} != {local_urls})"
+        raise RuntimeError(f"error validating peerURLs: {why}")
+    mine = sorted(initial[name])
+    local_id = 0
+    for m in members:
+        if sorted(m.peer_urls) == mine:
+            local_id = m.id
+    if not local_id:
+        raise RuntimeError("member not found in the remote cluster's member list")
+    cluster = RaftCluster(int(info["clusterID"]), local_id)
+    for m in members:
+        if m.id == local_id:
+            m.name = name
+        cluster.add(m)
+    cluster.removed = set(info.get("removed", []))
+    return cluster
 
 
 def _encode_wal_metadata(member: int, cluster: int) -> bytes:

@@ -9,7 +9,9 @@ from urllib.parse import urlsplit
 import grpc
 
 from petcd import log
+from petcd.transport.peer import TransportError, fetch_cluster_info
 from petcd.version import ETCD_VERSION
+from petcd.wal.wal import wal_exists
 
 _log = log.get("embed")
 
@@ -43,6 +45,19 @@ def _bind_address(url: str) -> str:
     return f"{host}:{u.port or 2379}"
 
 
+async def _fetch_remote_cluster(cfg) -> bytes:
+    """A member joining an existing cluster learns the members from any other member."""
+    mine = set(cfg.initial_advertise_peer_urls)
+    urls = [
+        u for name, us in cfg.initial_cluster_map().items() if name != cfg.name for u in us
+        if u not in mine
+    ]
+    try:
+        return await fetch_cluster_info(urls, timeout=2.0)
+    except TransportError as e:
+        raise RuntimeError(f"cannot fetch cluster info from peer urls: {e}") from None
+
+
 async def serve(cfg) -> int:
     """Run a member until a signal or a fatal error; return the process exit code."""
     from petcd.api.v3.services import all_handlers
@@ -67,7 +82,10 @@ async def serve(cfg) -> int:
     )
     srv = EtcdServer(cfg)
     try:
-        srv.open()
+        remote = None
+        if cfg.initial_cluster_state == "existing" and not wal_exists(cfg.effective_wal_dir()):
+            remote = await _fetch_remote_cluster(cfg)
+        srv.open(remote)
     except Exception as e:
         _log.error("failed to start etcd server", error=str(e))
         return 1
@@ -106,7 +124,7 @@ async def serve(cfg) -> int:
                 )
             await srv.set_cluster_version()
             await first(stop.wait(), srv.fatal_event.wait())
-        if srv.fatal_event.is_set():
+        if srv.fatal_event.is_set() and not srv.removed:
             rc = 1
     finally:
         await server.stop(grace=1.0)

@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 
 MEMBERS_BUCKET = "members"
+MEMBERS_REMOVED_BUCKET = "members_removed"
 CLUSTER_BUCKET = "cluster"
 CLUSTER_VERSION_KEY = b"clusterVersion"
 
@@ -50,13 +51,30 @@ class RaftCluster:
         self.cluster_id = cluster_id
         self.local_id = local_id
         self.members: dict[int, Member] = {}
+        self.removed: set[int] = set()
         self.version: str | None = None
 
     def add(self, m: Member) -> None:
         self.members[m.id] = m
 
+    def remove(self, member_id: int, backend) -> None:
+        """Remove for good: a removed ID can never rejoin (etcd's members_removed bucket)."""
+        self.members.pop(member_id, None)
+        self.removed.add(member_id)
+        backend.delete(MEMBERS_BUCKET, b"%016x" % member_id)
+        backend.put(MEMBERS_REMOVED_BUCKET, b"%016x" % member_id, b"removed")
+
     def member_list(self) -> list[Member]:
         return [self.members[k] for k in sorted(self.members)]
+
+    def voters(self) -> list[int]:
+        return sorted(m.id for m in self.members.values() if not m.is_learner)
+
+    def by_peer_url(self, url: str) -> Member | None:
+        for m in self.members.values():
+            if url in m.peer_urls:
+                return m
+        return None
 
     def save(self, backend) -> None:
         for m in self.members.values():
@@ -64,13 +82,30 @@ class RaftCluster:
         if self.version:
             backend.put(CLUSTER_BUCKET, CLUSTER_VERSION_KEY, self.version.encode())
 
+    def save_member(self, backend, m: Member) -> None:
+        backend.put(MEMBERS_BUCKET, b"%016x" % m.id, m.to_json())
+
     def load(self, backend) -> None:
+        self.members = {}
+        self.removed = set()
         for _k, v in backend.range(MEMBERS_BUCKET, b""):
             m = Member.from_json(v)
             self.members[m.id] = m
+        for k, _v in backend.range(MEMBERS_REMOVED_BUCKET, b""):
+            self.removed.add(int(bytes(k), 16))
         ver = backend.get(CLUSTER_BUCKET, CLUSTER_VERSION_KEY)
         if ver:
             self.version = bytes(ver).decode()
+
+    def to_json(self) -> bytes:
+        """What a joining member fetches from a peer: the cluster ID and its members."""
+        return json.dumps(
+            {
+                "clusterID": self.cluster_id,
+                "members": [json.loads(m.to_json()) for m in self.member_list()],
+                "removed": sorted(self.removed),
+            }
+        ).encode()
 
     def to_snapshot(self) -> bytes:
         return json.dumps(

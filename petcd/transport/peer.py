@@ -45,7 +45,7 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -238,6 +238,21 @@ class _Inbound(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.t._inbound.add(self)
+        # etcd refuses some TLS peers after the handshake (allowed CN/hostname, client SAN,
+        # CRL; see tls.PeerServerContext): read nothing until the check has passed.
+        check = getattr(self.t.server_ssl, "check_inbound", None)
+        if check is not None and transport.get_extra_info("ssl_object") is not None:
+            transport.pause_reading()  # type: ignore[attr-defined]
+            self.t._spawn(self._check_peer(check))
+
+    async def _check_peer(self, check: Callable[[asyncio.BaseTransport], Awaitable[bool]]) -> None:
+        tr = self.transport
+        assert tr is not None
+        if not await check(tr):
+            self.state = _IN_DONE
+            tr.close()
+        elif not tr.is_closing():
+            tr.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.t._inbound.discard(self)

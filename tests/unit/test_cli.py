@@ -479,8 +479,6 @@ def test_bootstrap_checks():
         ["--discovery", "http://d.example:1/x"],
         ["--discovery-srv", "example.com"],
         ["--proxy", "on"],
-        ["--initial-cluster", "default=http://localhost:2380,b=http://127.0.0.1:2381"],
-        ["--initial-cluster-state", "existing"],
     ],
 )  # fmt: skip
 def test_not_supported_yet(argv):
