@@ -7,8 +7,9 @@
   remote address, CRL), which Python's ssl cannot run inside the handshake, so
   ``Transport`` awaits ``check_inbound`` before reading from the connection.
 * ``client_tls(cfg, data_dir)`` gives the PEM inputs of ``grpc.ssl_server_credentials``.
-* ``self_cert(dir, hosts, years)`` is etcd's auto-TLS certificate (ECDSA P-521 like etcd
-  3.4/3.5, ``cert.pem``/``key.pem``, reused when both files exist).
+* ``self_cert(dir, hosts, years)`` is etcd's auto-TLS certificate (``cert.pem``/``key.pem``,
+  reused when both files exist). ECDSA P-256 where etcd uses P-521: gRPC's BoringSSL
+  finds no common signature algorithm for a P-521 server key.
 
 File and key errors are ValueErrors worded like Go's (``open X: no such file or directory``,
 ``tls: private key does not match public key``) so operators see what etcd would print.
@@ -201,7 +202,7 @@ def self_cert(dirpath: str, hosts: list[str], validity_years: int = 1) -> tuple[
         except ValueError:
             if h:
                 sans.append(x509.DNSName(h))
-    key = ec.generate_private_key(ec.SECP521R1())
+    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "etcd")])
     b = (
         x509.CertificateBuilder()
