@@ -145,6 +145,10 @@ class PeerProxy:
 
         self._run(stop())
 
+    def connections(self) -> list[tuple[str | None, str]]:
+        """(dialing member, receiving member) of every connection being forwarded."""
+        return [(c.src, c.dst) for c in list(self._conns)]
+
     def blocked(self, a: str | None, b: str) -> bool:
         with self._lock:
             if a == b:

@@ -195,6 +195,26 @@ def test_isolated_follower_catches_up_after_heal(make_cluster):
     assert get(c, leader, "k6") == "v6"
 
 
+def test_partition_cuts_only_links_between_groups(make_cluster):
+    c = make_cluster()
+    leader = c.leader()
+    f, other = followers(c, leader)
+    c.partition([f], [leader, other])
+    c.ctl(leader, "put", "p", "1")
+    assert get(c, other, "p") == "1"
+    assert serial_value(c, f, "p") is None
+    # every forwarded connection has a known dialer and none crosses the cut; the majority's
+    # own links are still there
+    names = {i: c.member(i).name for i in (1, 2, 3)}
+    conns = c.proxy.connections()
+    assert c.proxy.unidentified == 0
+    assert all(src is not None for src, _ in conns)
+    assert not [x for x in conns if names[f] in x]
+    assert {names[leader], names[other]} <= {n for x in conns for n in x}
+    c.heal()
+    wait_for(lambda: serial_value(c, f, "p") == "1", 15, what="partitioned member catches up")
+
+
 def test_isolated_leader_loses_writes_majority_goes_on(make_cluster):
     c = make_cluster()
     c.ctl(1, "put", "base", "0")
