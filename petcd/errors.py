@@ -102,6 +102,12 @@ ErrTimeoutDueToConnectionLost = _err(
 )
 ErrUnhealthy = _err("ErrUnhealthy", _C.UNAVAILABLE, "etcdserver: unhealthy cluster")
 ErrCorrupt = _err("ErrCorrupt", _C.DATA_LOSS, "etcdserver: corrupt cluster")
+# Not in etcd's gRPC error table, so it reaches clients with code Unknown.
+ErrTimeoutLeaderTransfer = _err(
+    "ErrTimeoutLeaderTransfer",
+    _C.UNKNOWN,
+    "etcdserver: request timed out, leader transfer took too long",
+)
 ErrBadLeaderTransferee = _err(
     "ErrBadLeaderTransferee", _C.FAILED_PRECONDITION, "etcdserver: bad leader transferee"
 )
@@ -174,3 +180,13 @@ ErrElectionNoLeader = _err("ErrElectionNoLeader", _C.UNKNOWN, "election: no lead
 ErrSessionExpired = _err("ErrSessionExpired", _C.UNKNOWN, "mutex: session is expired")
 ErrMissingLeaderKey = _err("ErrMissingLeaderKey", _C.UNKNOWN, '"leader" field must be provided')
 ErrLostWatcher = _err("ErrLostWatcher", _C.UNKNOWN, "lost watcher waiting for delete")
+
+
+def from_status(code: grpc.StatusCode, message: str) -> EtcdError:
+    """The error a remote member answered with, as our own error type where one matches."""
+    for cls in EtcdError.__subclasses__():
+        if cls.message == message and cls.code == code:
+            return cls()
+    e = EtcdError(message)
+    e.code = code
+    return e

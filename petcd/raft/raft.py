@@ -817,6 +817,8 @@ class Raft:
     def _apply_conf_change_to_prs(self, cc: ConfChange) -> None:
         prs = self.prs
         nid = cc.node_id
+        if nid == NONE:
+            return  # the application rejected this change downstream of Raft (as etcd does)
         t = cc.type
         last = self.log.last_index()
         if t == ConfChangeType.ADD_NODE:

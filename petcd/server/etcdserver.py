@@ -23,12 +23,21 @@ from petcd import log
 from petcd.api.v3.codec import HeaderEncoder
 from petcd.backend.backend import Backend
 from petcd.errors import (
+    ErrBadLeaderTransferee,
+    ErrLearnerNotSupported,
+    ErrMemberExist,
+    ErrMemberNotEnoughStarted,
     ErrMemberNotFound,
+    ErrMemberNotLearner,
     ErrNoLeader,
     ErrNoSpace,
+    ErrPeerURLExist,
     ErrStopped,
     ErrTimeout,
+    ErrTimeoutLeaderTransfer,
+    ErrTooManyLearners,
     ErrTooManyRequests,
+    ErrUnhealthy,
     EtcdError,
 )
 from petcd.lease.lessor import Lessor, min_lease_ttl
@@ -51,6 +60,7 @@ from petcd.raft.types import (
 from petcd.server import compactor
 from petcd.server.alarms import AlarmStore
 from petcd.server.apply_kv import KVApplier, txn_has_put
+from petcd.server.forward import LeaderForwarder
 from petcd.server.ids import RequestIDGenerator, cluster_id, member_id
 from petcd.server.membership import Member, RaftCluster
 from petcd.server.requests import (  # noqa: F401  (F_* re-exported for the services)
@@ -84,6 +94,10 @@ DEFAULT_BATCH_INTERVAL_S = 0.1
 DEFAULT_BATCH_LIMIT = 10000
 # etcd: requests beyond this many uncommitted-but-unapplied entries are refused.
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
+# etcd's HealthInterval: a peer counts as connected once its stream is this old.
+HEALTH_INTERVAL_S = 5.0
+# etcd allows one learner at a time (membership.maxLearners).
+MAX_LEARNERS = 1
 # etcd keeps this many entries in the Raft log after a snapshot for slow followers.
 SNAPSHOT_CATCHUP_ENTRIES = 5000
 # Group commit under load: when the loop thread is saturated, a Ready waits this long.
@@ -174,12 +188,14 @@ class EtcdServer:
         self.fatal_event = asyncio.Event()
         self.on_leader_change: list[Callable[[int], None]] = []
         self.transport: Transport | None = None
+        self.forwarder = LeaderForwarder(self)
         self.peer_tls: tuple[Any, Any] = (None, None)  # (server, client) ssl contexts
         # Conf changes waiting to be applied, by ConfChange.id.
         self._conf_waits: dict[int, asyncio.Future] = {}
         # Database images sent to followers (path by peer), until the transfer reports back.
         self._snap_sends: dict[int, str] = {}
         self.removed = False  # this member was removed from the cluster
+        self.learner = False  # this member is a learner (serves serializable reads only)
 
     # ------------------------------------------------------------------ startup
 
@@ -250,6 +266,7 @@ class EtcdServer:
                 "starting local member",
                 **{"local-member-id": f"{self.id:x}", "cluster-id": f"{cid:x}"},
             )
+        self._refresh_self()
         self.header = HeaderEncoder(self.cluster.cluster_id, self.id)
         self._reqid = RequestIDGenerator(self.id)
         self.lessor = Lessor(
@@ -340,10 +357,18 @@ class EtcdServer:
         self.published.set()
 
     async def set_cluster_version(self) -> None:
-        if self.cluster.version is None:
-            _log.info("setting up initial cluster version", **{"cluster-version": CLUSTER_VERSION})
-            req = membership_pb2.ClusterVersionSetRequest(ver=CLUSTER_VERSION + ".0")
-            await self.propose(F_CLUSTER_VERSION_SET, req.SerializeToString(), req)
+        """The leader sets the cluster version once; the others wait to learn it."""
+        while self.cluster.version is None:
+            if self.is_leader():
+                _log.info("setting up initial cluster version",
+                          **{"cluster-version": CLUSTER_VERSION})
+                req = membership_pb2.ClusterVersionSetRequest(ver=CLUSTER_VERSION + ".0")
+                try:
+                    await self.propose(F_CLUSTER_VERSION_SET, req.SerializeToString(), req)
+                except EtcdError as e:
+                    _log.warning("failed to set cluster version", error=e.message)
+            else:
+                await asyncio.sleep(self.heartbeat_s)
         _log.info(
             f"enabled capabilities for version {CLUSTER_VERSION}",
             **{"cluster-version": CLUSTER_VERSION},
@@ -372,6 +397,7 @@ class EtcdServer:
                 pass
         if self.transport is not None:
             await self.transport.stop()
+        await self.forwarder.close()
         for fut in self._conf_waits.values():
             if not fut.done():
                 fut.set_exception(ErrStopped())
@@ -446,6 +472,8 @@ class EtcdServer:
 
     async def linearizable_barrier(self) -> None:
         """Wait until this member has applied everything committed before the call (ReadIndex)."""
+        if self.learner:
+            raise ErrLearnerNotSupported()  # learners serve serializable reads only
         fut = self._next_read
         if fut is None:
             fut = self._next_read = self._loop.create_future()
@@ -700,55 +728,90 @@ class EtcdServer:
     def _apply_conf_change(self, e: Entry) -> None:
         cc = decode_conf_change(e.data)
         m = Member.from_json(cc.context) if cc.context else None
-        cluster = self.cluster
         fut = self._conf_waits.pop(cc.id, None) if cc.id else None
-        err: EtcdError | None = None
-        t = cc.type
-        if cc.node_id in cluster.removed:
-            err = ErrMemberNotFound()  # stale: the ID was removed meanwhile (etcd: ErrIDRemoved)
-            cc = ConfChange(ConfChangeType.REMOVE_NODE, 0)  # a no-op for Raft
+        err = self._validate_conf_change(cc, m)
+        if err is not None:
+            # Rejected here, deterministically on every member: Raft ignores node ID 0.
+            cc = ConfChange(cc.type, 0, id=cc.id)
         self._conf_state = self.node.apply_conf_change(cc)
         if err is None:
-            if t in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
-                cur = cluster.members.get(cc.node_id)
-                if cur is not None:
-                    if cur.is_learner and t == ConfChangeType.ADD_NODE:
-                        cur.is_learner = False  # promotion
-                        cluster.save_member(self.backend, cur)
-                        _log.info("promote member", **{"promoted-member-id": f"{cur.id:x}"})
-                elif m is not None:
-                    m.is_learner = t == ConfChangeType.ADD_LEARNER_NODE
-                    cluster.add(m)
-                    cluster.save_member(self.backend, m)
-                    if self.transport is not None:
-                        self.transport.add_peer(m.id, list(m.peer_urls))
-                    _log.info(
-                        "added member",
-                        **{"added-peer-id": f"{m.id:x}", "added-peer-peer-urls": m.peer_urls,
-                           "cluster-id": f"{cluster.cluster_id:x}"},
-                    )
-            elif t == ConfChangeType.REMOVE_NODE:
-                cluster.remove(cc.node_id, self.backend)
-                _log.info(
-                    "removed member",
-                    **{"removed-remote-peer-id": f"{cc.node_id:x}",
-                       "cluster-id": f"{cluster.cluster_id:x}"},
-                )
-                if cc.node_id == self.id:
-                    self._removed_self()
-                elif self.transport is not None:
-                    self.transport.remove_peer(cc.node_id)
-            elif t == ConfChangeType.UPDATE_NODE and m is not None:
-                cur = cluster.members.get(cc.node_id)
-                if cur is not None:
-                    cur.peer_urls = list(m.peer_urls)
-                    cluster.save_member(self.backend, cur)
-                    if self.transport is not None:
-                        self.transport.update_peer(cur.id, list(cur.peer_urls))
-                    _log.info("updated member", **{"updated-remote-peer-id": f"{cur.id:x}",
-                                                   "updated-remote-peer-urls": cur.peer_urls})
+            self._apply_membership(cc, m)
+            self._refresh_self()
         if fut is not None and not fut.done():
             fut.set_result(err)
+
+    def _validate_conf_change(self, cc: ConfChange, m: Member | None) -> EtcdError | None:
+        """etcd's ValidateConfigurationChange, run when the change is applied."""
+        cluster = self.cluster
+        nid = cc.node_id
+        if nid in cluster.removed:
+            return ErrMemberNotFound()  # etcd: membership.ErrIDRemoved
+        cur = cluster.members.get(nid)
+        t = cc.type
+        if t in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+            if m is None:  # bootstrap entries carry no member: the cluster already has it
+                return None
+            promote = t == ConfChangeType.ADD_NODE and cur is not None and not m.is_learner
+            if promote:
+                return None if cur.is_learner else ErrMemberNotLearner()
+            if cur is not None:
+                return ErrMemberExist()
+            urls = {u for x in cluster.members.values() for u in x.peer_urls}
+            if any(u in urls for u in m.peer_urls):
+                return ErrPeerURLExist()
+            if t == ConfChangeType.ADD_LEARNER_NODE and sum(
+                1 for x in cluster.members.values() if x.is_learner
+            ) >= MAX_LEARNERS:
+                return ErrTooManyLearners()
+        elif t in (ConfChangeType.REMOVE_NODE, ConfChangeType.UPDATE_NODE):
+            if cur is None:
+                return ErrMemberNotFound()
+            if t == ConfChangeType.UPDATE_NODE and m is not None:
+                urls = {u for x in cluster.members.values() if x.id != nid for u in x.peer_urls}
+                if any(u in urls for u in m.peer_urls):
+                    return ErrPeerURLExist()
+        return None
+
+    def _apply_membership(self, cc: ConfChange, m: Member | None) -> None:
+        cluster = self.cluster
+        tr = self.transport
+        t = cc.type
+        cur = cluster.members.get(cc.node_id)
+        if t in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+            if cur is not None:
+                if cur.is_learner and t == ConfChangeType.ADD_NODE:
+                    cur.is_learner = False
+                    cluster.save_member(self.backend, cur)
+                    _log.info("promote member", **{"promoted-member-id": f"{cur.id:x}",
+                                                   "cluster-id": f"{cluster.cluster_id:x}"})
+            elif m is not None:
+                m.is_learner = t == ConfChangeType.ADD_LEARNER_NODE
+                cluster.add(m)
+                cluster.save_member(self.backend, m)
+                if tr is not None:
+                    tr.add_peer(m.id, list(m.peer_urls))
+                _log.info("added member", **{"added-peer-id": f"{m.id:x}",
+                                             "added-peer-peer-urls": m.peer_urls,
+                                             "cluster-id": f"{cluster.cluster_id:x}"})
+        elif t == ConfChangeType.REMOVE_NODE:
+            cluster.remove(cc.node_id, self.backend)
+            _log.info("removed member", **{"removed-remote-peer-id": f"{cc.node_id:x}",
+                                           "cluster-id": f"{cluster.cluster_id:x}"})
+            if cc.node_id == self.id:
+                self._removed_self()
+            elif tr is not None:
+                tr.remove_peer(cc.node_id)
+        elif t == ConfChangeType.UPDATE_NODE and m is not None and cur is not None:
+            cur.peer_urls = list(m.peer_urls)
+            cluster.save_member(self.backend, cur)
+            if tr is not None:
+                tr.update_peer(cur.id, list(cur.peer_urls))
+            _log.info("updated member", **{"updated-remote-peer-id": f"{cur.id:x}",
+                                           "updated-remote-peer-urls": cur.peer_urls})
+
+    def _refresh_self(self) -> None:
+        me = self.cluster.members.get(self.id)
+        self.learner = me is not None and me.is_learner
 
     def _removed_self(self) -> None:
         if self.removed:
@@ -786,6 +849,28 @@ class EtcdServer:
             raise err
         return self.cluster.member_list()
 
+    async def move_leader(self, transferee: int) -> None:
+        """Hand leadership to ``transferee`` and wait until it leads (etcd's MoveLeader)."""
+        m = self.cluster.members.get(transferee)
+        if m is None or m.is_learner:
+            raise ErrBadLeaderTransferee()
+        lead = self.lead
+        _log.info("leadership transfer starting",
+                  **{"local-member-id": f"{self.id:x}", "current-leader-member-id": f"{lead:x}",
+                     "transferee-member-id": f"{transferee:x}"})
+        t0 = time.monotonic()
+        self.node.transfer_leader(transferee)
+        self._wake.set()
+        deadline = t0 + self.request_timeout_s
+        while self.lead != transferee:
+            if time.monotonic() >= deadline:
+                raise ErrTimeoutLeaderTransfer()
+            await asyncio.sleep(self.heartbeat_s)
+        _log.info("leadership transfer finished",
+                  **{"local-member-id": f"{self.id:x}", "old-leader-member-id": f"{lead:x}",
+                     "new-leader-member-id": f"{transferee:x}",
+                     "took": f"{time.monotonic() - t0:.3f}s"})
+
     def learner_in_sync(self, member_id: int) -> bool:
         """etcd's isLearnerReady: the learner's match is within 90% of the leader's."""
         st = self.node.status()
@@ -795,12 +880,41 @@ class EtcdServer:
             return False
         return pr.match >= mine.match * 0.9
 
-    def started_voters_healthy_after(self, add: int = 0, remove: int = 0) -> bool:
-        """--strict-reconfig-check: would the voters that are up still make a quorum?"""
-        voters = [m for m in self.cluster.voters() if m != remove]
-        active = sum(1 for m in voters if m == self.id or self._peer_active(m))
-        total = len(voters) + add
-        return active >= total // 2 + 1
+    def check_add_voter(self) -> None:
+        """--strict-reconfig-check for adding a voter (etcd's mayAddMember)."""
+        voters = [self.cluster.members[m] for m in self.cluster.voters()]
+        started = sum(1 for m in voters if m.name)
+        if started < (len(voters) + 1) // 2 + 1:
+            raise ErrMemberNotEnoughStarted()
+        if self._connected_since(voters) != len(voters):
+            raise ErrUnhealthy()
+
+    def check_remove_member(self, member_id: int) -> None:
+        """--strict-reconfig-check for removing a member (etcd's mayRemoveMember)."""
+        cur = self.cluster.members.get(member_id)
+        if cur is None or cur.is_learner:
+            return  # unknown IDs fail when applied; learners never hold up a quorum
+        voters = [self.cluster.members[m] for m in self.cluster.voters()]
+        rest = [m for m in voters if m.id != member_id]
+        if sum(1 for m in rest if m.name) < len(rest) // 2 + 1:
+            raise ErrMemberNotEnoughStarted()
+        if member_id != self.id and not self._peer_active(member_id):
+            return  # a member that is down is not part of the active quorum
+        if self._connected_since(voters) - 1 < 1 + (len(voters) - 1) // 2:
+            raise ErrUnhealthy()
+
+    def _connected_since(self, members) -> int:
+        """Members (this one included) connected for at least the health interval."""
+        since = time.time() - HEALTH_INTERVAL_S
+        n = 0
+        for m in members:
+            if m.id == self.id:
+                n += 1
+            elif self.transport is not None:
+                t = self.transport.active_since(m.id)
+                if t is not None and t <= since:
+                    n += 1
+        return n
 
     def _peer_active(self, member_id: int) -> bool:
         return self.transport is not None and self.transport.active_since(member_id) is not None
@@ -886,6 +1000,7 @@ class EtcdServer:
         self.watchable.restore()
         self.alarms.reload()
         self.cluster.load(self.backend)
+        self._refresh_self()
         self.db_size = self.backend.size()
         self.storage.apply_snapshot(snap)
         self._snapshot_index = meta.index

@@ -10,6 +10,7 @@ import grpc
 
 from petcd import log
 from petcd.transport.peer import TransportError, fetch_cluster_info
+from petcd.transport.tls import peer_tls
 from petcd.version import ETCD_VERSION
 from petcd.wal.wal import wal_exists
 
@@ -45,7 +46,7 @@ def _bind_address(url: str) -> str:
     return f"{host}:{u.port or 2379}"
 
 
-async def _fetch_remote_cluster(cfg) -> bytes:
+async def _fetch_remote_cluster(cfg, client_ssl) -> bytes:
     """A member joining an existing cluster learns the members from any other member."""
     mine = set(cfg.initial_advertise_peer_urls)
     urls = [
@@ -53,7 +54,7 @@ async def _fetch_remote_cluster(cfg) -> bytes:
         if u not in mine
     ]
     try:
-        return await fetch_cluster_info(urls, timeout=2.0)
+        return await fetch_cluster_info(urls, timeout=2.0, client_ssl=client_ssl)
     except TransportError as e:
         raise RuntimeError(f"cannot fetch cluster info from peer urls: {e}") from None
 
@@ -82,9 +83,10 @@ async def serve(cfg) -> int:
     )
     srv = EtcdServer(cfg)
     try:
+        srv.peer_tls = peer_tls(cfg, cfg.effective_data_dir())
         remote = None
         if cfg.initial_cluster_state == "existing" and not wal_exists(cfg.effective_wal_dir()):
-            remote = await _fetch_remote_cluster(cfg)
+            remote = await _fetch_remote_cluster(cfg, srv.peer_tls[1])
         srv.open(remote)
     except Exception as e:
         _log.error("failed to start etcd server", error=str(e))

@@ -607,11 +607,15 @@ class Transport:
             os.makedirs(self.snapshot_dir, exist_ok=True)
         for url in listen_urls:
             host, port = _parse_url(url)
+            scheme = urlsplit(url).scheme or "http"
             srv = await self._loop.create_server(
-                lambda: _Inbound(self), host, port, ssl=self.server_ssl, reuse_address=True
+                lambda: _Inbound(self),
+                host,
+                port,
+                ssl=self.server_ssl if scheme == "https" else None,
+                reuse_address=True,
             )
             self._servers.append(srv)
-            scheme = urlsplit(url).scheme or "http"
             for sock in srv.sockets:
                 h, p = sock.getsockname()[:2]
                 self.urls.append(f"{scheme}://[{h}]:{p}" if ":" in h else f"{scheme}://{h}:{p}")
@@ -644,6 +648,13 @@ class Transport:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _client_tls(self, url: str) -> ssl.SSLContext | None:
+        if not url.startswith("https"):
+            return None
+        if self.client_ssl is None:  # an https peer without peer TLS flags: verify as usual
+            self.client_ssl = ssl.create_default_context()
+        return self.client_ssl
 
     def _callback(self, fn: Callable[..., None] | None, *args: object) -> None:
         if fn is not None and self._loop is not None and not self._stopped:
@@ -851,7 +862,7 @@ class Transport:
             conn = _OutConn(p.wake)
             return conn
 
-        tls = self.client_ssl if url.startswith("https") else None
+        tls = self._client_tls(url)
         try:
             async with asyncio.timeout(self.dial_timeout):
                 await self._loop.create_connection(factory, host, port, ssl=tls)
@@ -937,7 +948,7 @@ class Transport:
         failed = True
         try:
             host, port = _parse_url(url)
-            tls = self.client_ssl if url.startswith("https") else None
+            tls = self._client_tls(url)
             async with asyncio.timeout(self.dial_timeout):
                 reader, writer = await asyncio.open_connection(host, port, ssl=tls)
                 writer.write(

@@ -13,7 +13,13 @@ import grpc
 from petcd import log
 from petcd.api.v3.codec import field_varint
 from petcd.api.v3.handlers import unary
-from petcd.errors import ErrLeaseNotFound, ErrNoLeader, ErrNotLeader, ErrTimeout, EtcdError
+from petcd.errors import (
+    ErrLearnerNotSupported,
+    ErrLeaseNotFound,
+    ErrNoLeader,
+    ErrTimeout,
+    EtcdError,
+)
 from petcd.lease.lessor import FOREVER
 from petcd.proto.etcdserverpb import rpc_pb2
 from petcd.server.etcdserver import F_LEASE_GRANT, F_LEASE_REVOKE, EtcdServer
@@ -44,15 +50,20 @@ class LeaseService:
             },
         )
 
-    def _check_leader(self) -> None:
-        # No peer transport yet: a follower cannot forward to the leader.
+    def _is_primary(self) -> bool:
+        """Whether this member answers renewals and TTLs itself; followers forward them."""
         srv = self.srv
-        if not srv.lessor.primary or not srv.is_leader():
-            raise ErrNoLeader() if srv.lead == 0 else ErrNotLeader()
+        if srv.learner:
+            raise ErrLearnerNotSupported()
+        if srv.lead == 0:
+            raise ErrNoLeader()
+        return srv.lessor.primary and srv.is_leader()
 
     async def grant(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.LeaseGrantRequest.FromString(raw)
+        if srv.learner:
+            raise ErrLearnerNotSupported()
         srv.check_quota(LEASE_OVERHEAD)
         # etcd derives a server-chosen ID from the request ID generator (positive int64).
         while req.ID == 0:
@@ -63,13 +74,16 @@ class LeaseService:
     async def revoke(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.LeaseRevokeRequest.FromString(raw)
+        if srv.learner:
+            raise ErrLearnerNotSupported()
         res = await srv.propose(F_LEASE_REVOKE, raw, req)
         return srv.header.header(res.revision, srv.term)
 
     async def renew(self, lease_id: int) -> int:
         """The new TTL of a renewed lease; 0 when it does not exist (or just expired)."""
         srv = self.srv
-        self._check_leader()
+        if not self._is_primary():
+            return await srv.forwarder.lease_renew(lease_id)
         lessor = srv.lessor
         if lessor.checkpointing and lessor.needs_clear(lease_id):
             # etcd clears a checkpointed remaining TTL through Raft before renewing, so that
@@ -111,7 +125,8 @@ class LeaseService:
     async def time_to_live(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.LeaseTimeToLiveRequest.FromString(raw)
-        self._check_leader()
+        if not self._is_primary():
+            return await srv.forwarder.unary("/etcdserverpb.Lease/LeaseTimeToLive", raw)
         lease = srv.lessor.lookup(req.ID)
         if lease is None:
             resp = rpc_pb2.LeaseTimeToLiveResponse(ID=req.ID, TTL=-1)

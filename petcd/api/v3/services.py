@@ -14,14 +14,25 @@ import asyncio
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import grpc
 
 from petcd import log
 from petcd.api.v3.handlers import stream_out, unary
-from petcd.errors import ErrNotLeader, ErrRequestTooLarge
+from petcd.errors import (
+    ErrLearnerNotReady,
+    ErrLearnerNotSupported,
+    ErrMemberBadURLs,
+    ErrMemberNotFound,
+    ErrMemberNotLearner,
+    ErrNotLeader,
+    ErrRequestTooLarge,
+)
 from petcd.proto.etcdserverpb import rpc_pb2
+from petcd.raft.types import ConfChange, ConfChangeType
 from petcd.server import apply_kv
 from petcd.server.etcdserver import (
     F_ALARM,
@@ -32,6 +43,8 @@ from petcd.server.etcdserver import (
     SNAPSHOT_RPC_TMP_PREFIX,
     EtcdServer,
 )
+from petcd.server.ids import member_id
+from petcd.server.membership import Member
 
 _log = log.get("v3rpc")
 
@@ -69,6 +82,8 @@ class KVService:
     async def put(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.PutRequest.FromString(raw)
+        if srv.learner:
+            raise ErrLearnerNotSupported()
         apply_kv.check_put_request(req)
         self._check_size(raw)
         srv.check_quota(len(raw) + KV_OVERHEAD)
@@ -78,6 +93,8 @@ class KVService:
     async def delete_range(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.DeleteRangeRequest.FromString(raw)
+        if srv.learner:
+            raise ErrLearnerNotSupported()
         apply_kv.check_delete_request(req)
         self._check_size(raw)
         res = await srv.propose(F_DELETE_RANGE, raw, req)
@@ -86,6 +103,8 @@ class KVService:
     async def txn(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.TxnRequest.FromString(raw)
+        if srv.learner:
+            raise ErrLearnerNotSupported()
         apply_kv.check_txn_request(req, srv.max_txn_ops)
         self._check_size(raw)
         if apply_kv.is_txn_readonly(req):
@@ -102,6 +121,8 @@ class KVService:
     async def compact(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.CompactionRequest.FromString(raw)
+        if srv.learner:
+            raise ErrLearnerNotSupported()
         # The applier compacts synchronously, so `physical` holds once the entry is applied.
         res = await srv.propose(F_COMPACTION, raw, req)
         return srv.header.header(res.revision, srv.term)
@@ -155,7 +176,7 @@ class MaintenanceService:
             raftAppliedIndex=srv.applied_index,
             errors=[_alarm_string(a) for a in srv.alarms.list()],
             dbSizeInUse=srv.backend.size_in_use(),
-            isLearner=False,
+            isLearner=srv.learner,
         )
         resp.header.CopyFrom(self._header())
         return resp.SerializeToString()
@@ -225,10 +246,7 @@ class MaintenanceService:
         req = rpc_pb2.MoveLeaderRequest.FromString(raw)
         if not srv.is_leader():
             raise ErrNotLeader()
-        if req.targetID != srv.id:
-            from petcd.errors import ErrBadLeaderTransferee
-
-            raise ErrBadLeaderTransferee()
+        await srv.move_leader(req.targetID)
         resp = rpc_pb2.MoveLeaderResponse()
         resp.header.CopyFrom(self._header())
         return resp.SerializeToString()
@@ -245,13 +263,25 @@ class ClusterService:
 
     def handlers(self) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(
-            "etcdserverpb.Cluster", {"MemberList": unary(self.member_list)}
+            "etcdserverpb.Cluster",
+            {
+                "MemberList": unary(self.member_list),
+                "MemberAdd": unary(self.member_add),
+                "MemberRemove": unary(self.member_remove),
+                "MemberUpdate": unary(self.member_update),
+                "MemberPromote": unary(self.member_promote),
+            },
         )
 
-    async def member_list(self, raw: bytes, ctx) -> bytes:
+    def _header(self) -> rpc_pb2.ResponseHeader:
         srv = self.srv
-        resp = rpc_pb2.MemberListResponse()
-        for m in srv.cluster.member_list():
+        return rpc_pb2.ResponseHeader(
+            cluster_id=srv.cluster.cluster_id, member_id=srv.id, raft_term=srv.term
+        )
+
+    @staticmethod
+    def _members(resp, members: list[Member]) -> None:
+        for m in members:
             resp.members.add(
                 ID=m.id,
                 name=m.name,
@@ -259,12 +289,99 @@ class ClusterService:
                 clientURLs=m.client_urls,
                 isLearner=m.is_learner,
             )
-        resp.header.CopyFrom(
-            rpc_pb2.ResponseHeader(
-                cluster_id=srv.cluster.cluster_id, member_id=srv.id, raft_term=srv.term
-            )
-        )
+
+    async def member_list(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.MemberListRequest.FromString(raw)
+        if req.linearizable:
+            await srv.linearizable_barrier()
+        resp = rpc_pb2.MemberListResponse()
+        self._members(resp, srv.cluster.member_list())
+        resp.header.CopyFrom(self._header())
         return resp.SerializeToString()
+
+    async def member_add(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.MemberAddRequest.FromString(raw)
+        urls = list(req.peerURLs)
+        if not urls or not all(_valid_peer_url(u) for u in urls):
+            raise ErrMemberBadURLs()
+        # etcd: NewMember("", urls, "", now) — the time makes the ID unique
+        mid = member_id(urls, "", now=time.time())
+        if srv.cfg.strict_reconfig_check and not req.isLearner:
+            srv.check_add_voter()
+        m = Member(mid, "", urls, [], req.isLearner)
+        cc = ConfChange(
+            ConfChangeType.ADD_LEARNER_NODE if req.isLearner else ConfChangeType.ADD_NODE,
+            mid,
+            m.to_json(),
+        )
+        members = await srv.propose_conf_change(cc)
+        resp = rpc_pb2.MemberAddResponse(
+            member=rpc_pb2.Member(ID=mid, peerURLs=urls, isLearner=req.isLearner)
+        )
+        self._members(resp, members)
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+    async def member_remove(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.MemberRemoveRequest.FromString(raw)
+        if srv.cfg.strict_reconfig_check:
+            srv.check_remove_member(req.ID)
+        members = await srv.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, req.ID))
+        resp = rpc_pb2.MemberRemoveResponse()
+        self._members(resp, members)
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+    async def member_update(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.MemberUpdateRequest.FromString(raw)
+        urls = list(req.peerURLs)
+        if not urls or not all(_valid_peer_url(u) for u in urls):
+            raise ErrMemberBadURLs()
+        m = Member(req.ID, "", urls, [])
+        members = await srv.propose_conf_change(
+            ConfChange(ConfChangeType.UPDATE_NODE, req.ID, m.to_json())
+        )
+        resp = rpc_pb2.MemberUpdateResponse()
+        self._members(resp, members)
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+    async def member_promote(self, raw: bytes, ctx) -> bytes:
+        srv = self.srv
+        req = rpc_pb2.MemberPromoteRequest.FromString(raw)
+        if not srv.is_leader():
+            # Only the leader knows whether the learner has caught up: ask it (etcd
+            # forwards over the peer URLs; we use the leader's client URLs).
+            return await srv.forwarder.unary("/etcdserverpb.Cluster/MemberPromote", raw)
+        cur = srv.cluster.members.get(req.ID)
+        if cur is not None and cur.is_learner and not srv.learner_in_sync(req.ID):
+            raise ErrLearnerNotReady()
+        if cur is None:
+            raise ErrMemberNotFound()
+        if not cur.is_learner:
+            raise ErrMemberNotLearner()
+        m = Member(cur.id, cur.name, list(cur.peer_urls), [], False)
+        members = await srv.propose_conf_change(
+            ConfChange(ConfChangeType.ADD_NODE, req.ID, m.to_json())
+        )
+        resp = rpc_pb2.MemberPromoteResponse()
+        self._members(resp, members)
+        resp.header.CopyFrom(self._header())
+        return resp.SerializeToString()
+
+
+def _valid_peer_url(u: str) -> bool:
+    p = urlsplit(u)
+    if p.scheme not in ("http", "https", "unix", "unixs") or not p.netloc:
+        return False
+    try:
+        return p.port is not None or p.scheme.startswith("unix")
+    except ValueError:
+        return False
 
 
 def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:

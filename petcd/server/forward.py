@@ -1,0 +1,83 @@
+"""Requests only the leader can answer, sent on from a follower.
+
+etcd forwards lease renewals, lease TTL lookups and learner promotion to the leader over
+its peer HTTP API. petcd's peers speak only Raft, so a follower sends these as ordinary
+gRPC calls to the leader's client URLs, over one cached channel per leader.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import grpc
+
+from petcd.errors import ErrNoLeader, ErrTimeout, from_status
+from petcd.proto.etcdserverpb import rpc_pb2
+
+
+class LeaderForwarder:
+    def __init__(self, srv) -> None:
+        self.srv = srv
+        self._target = ""
+        self._channel: grpc.aio.Channel | None = None
+
+    def _channels(self) -> list[tuple[str, grpc.aio.Channel]]:
+        srv = self.srv
+        lead = srv.cluster.members.get(srv.lead) if srv.lead else None
+        if lead is None or not lead.client_urls or srv.lead == srv.id:
+            raise ErrNoLeader()
+        out = []
+        for url in lead.client_urls:
+            u = urlsplit(url)
+            target = f"{u.hostname}:{u.port or 2379}"
+            if target != self._target or self._channel is None:
+                if self._channel is not None:
+                    self._close_later(self._channel)
+                self._target = target
+                self._channel = grpc.aio.insecure_channel(target)
+            out.append((target, self._channel))
+            break  # one channel; gRPC reconnects by itself
+        return out
+
+    @staticmethod
+    def _close_later(ch: grpc.aio.Channel) -> None:
+        import asyncio
+
+        asyncio.get_running_loop().create_task(ch.close())
+
+    async def unary(self, method: str, raw: bytes) -> bytes:
+        """Call ``method`` on the leader with the request bytes; its error becomes ours."""
+        timeout = self.srv.request_timeout_s
+        for _target, ch in self._channels():
+            try:
+                return await ch.unary_unary(method)(raw, timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise ErrTimeout() from None
+                raise from_status(e.code(), e.details() or "") from None
+        raise ErrNoLeader()
+
+    async def lease_renew(self, lease_id: int) -> int:
+        """Renew on the leader; returns the TTL (0: the lease does not exist)."""
+        timeout = self.srv.request_timeout_s
+        for _target, ch in self._channels():
+            call = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")(timeout=timeout)
+            try:
+                await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id).SerializeToString())
+                raw = await call.read()
+                await call.done_writing()
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise ErrTimeout() from None
+                raise from_status(e.code(), e.details() or "") from None
+            finally:
+                call.cancel()
+            if raw is grpc.aio.EOF:
+                raise ErrNoLeader()
+            return rpc_pb2.LeaseKeepAliveResponse.FromString(raw).TTL
+        raise ErrNoLeader()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
