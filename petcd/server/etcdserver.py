@@ -94,6 +94,8 @@ DEFAULT_BATCH_INTERVAL_S = 0.1
 DEFAULT_BATCH_LIMIT = 10000
 # etcd: requests beyond this many uncommitted-but-unapplied entries are refused.
 MAX_GAP_BETWEEN_APPLY_AND_COMMIT = 5000
+# etcd re-sends a ReadIndex request that got no answer after this long.
+READ_INDEX_RETRY_S = 0.5
 # etcd's HealthInterval: a peer counts as connected once its stream is this old.
 HEALTH_INTERVAL_S = 5.0
 # etcd allows one learner at a time (membership.maxLearners).
@@ -182,6 +184,7 @@ class EtcdServer:
         # ReadIndex batching: reads queue on _next_read; one round serves them all.
         self._next_read: asyncio.Future | None = None
         self._read_rounds: dict[bytes, asyncio.Future] = {}
+        self._read_started: dict[bytes, float] = {}
         self._read_seq = 0
         self.leader_ready = asyncio.Event()
         self.published = asyncio.Event()
@@ -478,7 +481,8 @@ class EtcdServer:
         if fut is None:
             fut = self._next_read = self._loop.create_future()
             self._wake.set()
-        await fut
+        # Shielded: the round is shared, and one reader giving up must not cancel it.
+        await asyncio.shield(fut)
 
     def _start_read_round(self) -> None:
         fut = self._next_read
@@ -488,6 +492,7 @@ class EtcdServer:
         self._read_seq += 1
         ctx = self._read_seq.to_bytes(8, "big")
         self._read_rounds[ctx] = fut
+        self._read_started[ctx] = time.monotonic()
         self.node.read_index(ctx)
 
     def _wait_applied(self, index: int, fut: asyncio.Future) -> None:
@@ -505,7 +510,24 @@ class EtcdServer:
             self.node.tick()
             self._wake.set()
             self._expire_waits()
+            self._retry_reads()
             self.lessor.tick()
+
+    def _retry_reads(self) -> None:
+        """A ReadIndex request or its answer can be lost with a leader: ask again (etcd
+        retries every 500 ms) until the reader's own deadline gives up."""
+        if not self._read_started or not self.lead:
+            return
+        now = time.monotonic()
+        for ctx, started in list(self._read_started.items()):
+            fut = self._read_rounds.get(ctx)
+            if fut is None or fut.done():
+                self._read_rounds.pop(ctx, None)
+                self._read_started.pop(ctx, None)
+            elif now - started >= READ_INDEX_RETRY_S:
+                self._read_started[ctx] = now
+                self.node.read_index(ctx)
+                self._wake.set()
 
     def _expire_waits(self) -> None:
         if not self._waits:
@@ -630,6 +652,7 @@ class EtcdServer:
             self._apply_entries(rd.committed_entries)
         if rd.read_states:
             for rs in rd.read_states:
+                self._read_started.pop(rs.request_ctx, None)
                 fut = self._read_rounds.pop(rs.request_ctx, None)
                 if fut is not None:
                     self._wait_applied(rs.index, fut)
