@@ -14,24 +14,18 @@ from typing import TYPE_CHECKING, Any
 
 from petcd.ctl.flags import Flag
 from petcd.ctl.gofmt import jenc, pb_json, quote
+from petcd.ctl.main import Command, CtlExit, _go_parse_hex, fail
 from petcd.ctl.printer import JSONPrinter, ProtobufPrinter, SimplePrinter, Unsupported
 from petcd.proto.etcdserverpb import rpc_pb2 as pb
 
 if TYPE_CHECKING:
-    from petcd.ctl.main import Command, Ctx
+    from petcd.ctl.main import Ctx
 
 __all__ = ["register", "validate_urls"]
 
 EXIT_ERROR = 1
 EXIT_PANIC = 2
 EXIT_BAD_ARGS = 128
-
-
-def _main() -> Any:
-    # main imports this module while building its command tree; import it back lazily.
-    from petcd.ctl import main
-
-    return main
 
 
 # -- types.NewURLs, the check clientv3 runs before MemberAdd/MemberUpdate ----------------------
@@ -79,7 +73,7 @@ def _url_parse(raw: str) -> tuple[str, str, str]:
         if j >= 0 and not _PORT.fullmatch(host[j:]):
             raise err(f"invalid port {quote(host[j:])} after host")
         for c in host:
-            if c in " <>\"`{}|\\^":
+            if c in ' <>"`{}|\\^':
                 raise err(f"invalid character {quote(c)} in host name")
     return scheme, host, slash + path
 
@@ -127,40 +121,38 @@ def _print(ctx: Ctx, resp: Any, simple: str) -> None:
 
 
 def _member_id(arg_list: list[str]) -> int:
-    m = _main()
     if len(arg_list) != 1:
-        m.fail(EXIT_BAD_ARGS, "member ID is not provided")
+        fail(EXIT_BAD_ARGS, "member ID is not provided")
     try:
-        return m._go_parse_hex(arg_list[0], "id", unsigned=True)
+        return _go_parse_hex(arg_list[0], "id", unsigned=True)
     except ValueError as e:
-        m.fail(EXIT_BAD_ARGS, f"bad member ID arg ({e}), expecting ID in Hex")
+        fail(EXIT_BAD_ARGS, f"bad member ID arg ({e}), expecting ID in Hex")
 
 
 def _peer_urls(ctx: Ctx) -> list[str]:
     raw = ctx["peer-urls"]
     if not raw:
-        _main().fail(EXIT_BAD_ARGS, "member peer urls not provided")
+        fail(EXIT_BAD_ARGS, "member peer urls not provided")
     urls = raw.split(",")
     try:
         validate_urls(urls)
     except ValueError as e:
-        _main().fail(EXIT_ERROR, str(e))
+        fail(EXIT_ERROR, str(e))
     return urls
 
 
 async def cmd_member_add(ctx: Ctx, args: list[str]) -> None:
-    m = _main()
     if not args:
-        m.fail(EXIT_BAD_ARGS, "member name not provided")
+        fail(EXIT_BAD_ARGS, "member name not provided")
     if len(args) > 1:
         ev = "too many arguments"
         for s in args:
             if s.lower().startswith("http"):
                 ev += f", did you mean --peer-urls={s}"
-        m.fail(EXIT_BAD_ARGS, ev)
+        fail(EXIT_BAD_ARGS, ev)
     name = args[0]
     if not ctx["peer-urls"]:
-        m.fail(EXIT_BAD_ARGS, "member peer urls not provided")
+        fail(EXIT_BAD_ARGS, "member peer urls not provided")
     c = ctx.client()
     urls = _peer_urls(ctx)
     resp: pb.MemberAddResponse = await ctx.call(
@@ -171,7 +163,9 @@ async def cmd_member_add(ctx: Ctx, args: list[str]) -> None:
     _print(ctx, resp, text)
     if isinstance(ctx.display, SimplePrinter):
         conf = [
-            f"{name if mb.ID == new_id else mb.name}={u}" for mb in resp.members for u in mb.peerURLs
+            f"{name if mb.ID == new_id else mb.name}={u}"
+            for mb in resp.members
+            for u in mb.peerURLs
         ]
         _write(
             f"\nETCD_NAME={quote(name)}\n"
@@ -191,7 +185,7 @@ async def cmd_member_remove(ctx: Ctx, args: list[str]) -> None:
 async def cmd_member_update(ctx: Ctx, args: list[str]) -> None:
     mid = _member_id(args)
     if not ctx["peer-urls"]:
-        _main().fail(EXIT_BAD_ARGS, "member peer urls not provided")
+        fail(EXIT_BAD_ARGS, "member peer urls not provided")
     c = ctx.client()
     urls = _peer_urls(ctx)
     resp = await ctx.call(c.member_update(mid, urls, timeout=ctx.timeout))
@@ -213,24 +207,44 @@ async def cmd_member_promote(ctx: Ctx, args: list[str]) -> None:
     if not isinstance(ctx.display, SimplePrinter):
         sys.stdout.flush()
         sys.stderr.write(_PANIC)
-        raise _main().CtlExit(EXIT_PANIC)
+        raise CtlExit(EXIT_PANIC)
     _write(f"Member {mid:16x} promoted in cluster {resp.header.cluster_id:16x}\n")
 
 
 def register(root: Command) -> None:
     """Add the membership-change subcommands under `member`."""
-    m = _main()
     group = next(s for s in root.subs if s.name == "member")
     cmds = [
-        m.Command("add", "add <memberName> [options]", "Adds a member into the cluster", cmd_member_add, [  # fmt: skip
-            Flag("learner", "bool", False, "indicates if the new member is raft learner"),
-            Flag("peer-urls", "string", "", "comma separated peer URLs for the new member."),
-        ]),
-        m.Command("promote", "promote <memberID>", "Promotes a non-voting member in the cluster", cmd_member_promote),  # fmt: skip
-        m.Command("remove", "remove <memberID>", "Removes a member from the cluster", cmd_member_remove),  # fmt: skip
-        m.Command("update", "update <memberID> [options]", "Updates a member in the cluster", cmd_member_update, [  # fmt: skip
-            Flag("peer-urls", "string", "", "comma separated peer URLs for the updated member."),
-        ]),
+        Command(
+            "add",
+            "add <memberName> [options]",
+            "Adds a member into the cluster",
+            cmd_member_add,
+            [  # fmt: skip
+                Flag("learner", "bool", False, "indicates if the new member is raft learner"),
+                Flag("peer-urls", "string", "", "comma separated peer URLs for the new member."),
+            ],
+        ),
+        Command(
+            "promote",
+            "promote <memberID>",
+            "Promotes a non-voting member in the cluster",
+            cmd_member_promote,
+        ),  # fmt: skip
+        Command(
+            "remove", "remove <memberID>", "Removes a member from the cluster", cmd_member_remove
+        ),  # fmt: skip
+        Command(
+            "update",
+            "update <memberID> [options]",
+            "Updates a member in the cluster",
+            cmd_member_update,
+            [  # fmt: skip
+                Flag(
+                    "peer-urls", "string", "", "comma separated peer URLs for the updated member."
+                ),
+            ],
+        ),
     ]
     for cmd in cmds:
         if any(s.name == cmd.name for s in group.subs):

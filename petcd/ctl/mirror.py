@@ -15,18 +15,19 @@ import asyncio
 import contextlib
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import grpc
 
 from petcd.client import aio
 from petcd.client import errors as cerr
 from petcd.ctl.flags import Flag
+from petcd.ctl.main import Command, error_text, fail, flush
 from petcd.proto.etcdserverpb import rpc_pb2 as pb
 from petcd.proto.mvccpb import kv_pb2 as mvccpb
 
 if TYPE_CHECKING:
-    from petcd.ctl.main import Command, Ctx
+    from petcd.ctl.main import Ctx
 
 __all__ = ["make_mirror", "register"]
 
@@ -46,12 +47,6 @@ FLAGS = [
 ]  # fmt: skip
 
 
-def _main() -> Any:
-    from petcd.ctl import main
-
-    return main
-
-
 def _read(path: str) -> bytes | None:
     if not path:
         return None
@@ -59,7 +54,7 @@ def _read(path: str) -> bytes | None:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        _main().fail(EXIT_BAD_ARGS, f"open {path}: {e.strerror.lower() if e.strerror else e}")
+        fail(EXIT_BAD_ARGS, f"open {path}: {e.strerror.lower() if e.strerror else e}")
 
 
 def _dest_client(ctx: Ctx, endpoint: str) -> aio.Client:
@@ -135,9 +130,8 @@ async def make_mirror(
 
 
 async def cmd_make_mirror(ctx: Ctx, args: list[str]) -> None:
-    m = _main()
     if len(args) != 1:
-        m.fail(EXIT_BAD_ARGS, "make-mirror takes one destination argument")
+        fail(EXIT_BAD_ARGS, "make-mirror takes one destination argument")
     prefix = ctx["prefix"].encode("utf-8", "surrogateescape")
     dest_prefix = ctx["dest-prefix"].encode("utf-8", "surrogateescape")
     no_dest = ctx["no-dest-prefix"]
@@ -150,7 +144,7 @@ async def cmd_make_mirror(ctx: Ctx, args: list[str]) -> None:
         while True:
             await asyncio.sleep(interval)
             sys.stdout.buffer.write(f"{counter[0]}\n".encode())
-            m.flush()
+            flush()
 
     reporter = asyncio.create_task(report())
     try:
@@ -159,9 +153,9 @@ async def cmd_make_mirror(ctx: Ctx, args: list[str]) -> None:
             await src.get(b"foo", timeout=None)
         except cerr.ClientError as e:
             ctx.warn_rpc(e)
-            m.fail(EXIT_ERROR, m.error_text(e))
+            fail(EXIT_ERROR, error_text(e))
         if no_dest and dest_prefix:
-            m.fail(
+            fail(
                 EXIT_BAD_ARGS,
                 "`--dest-prefix` and `--no-dest-prefix` cannot be set at the same time, choose one",
             )
@@ -169,13 +163,13 @@ async def cmd_make_mirror(ctx: Ctx, args: list[str]) -> None:
         try:
             await make_mirror(src, dst, prefix, target, counter)
         except cerr.WatchCompacted:
-            m.fail(EXIT_ERROR, "etcdserver: mvcc: required revision has been compacted")
+            fail(EXIT_ERROR, "etcdserver: mvcc: required revision has been compacted")
         except cerr.WatchCanceled as e:
-            m.fail(EXIT_ERROR, e.reason or "etcdserver: watch canceled")
+            fail(EXIT_ERROR, e.reason or "etcdserver: watch canceled")
         except cerr.ClientError as e:
             ctx.warn_rpc(e)
-            m.fail(EXIT_ERROR, m.error_text(e))
-        m.fail(EXIT_ERROR, "<nil>")
+            fail(EXIT_ERROR, error_text(e))
+        fail(EXIT_ERROR, "<nil>")
     finally:
         reporter.cancel()
         with contextlib.suppress(Exception):
@@ -183,10 +177,9 @@ async def cmd_make_mirror(ctx: Ctx, args: list[str]) -> None:
 
 
 def register(root: Command) -> None:
-    m = _main()
     if any(s.name == "make-mirror" for s in root.subs):
         return
-    cmd = m.Command(
+    cmd = Command(
         "make-mirror",
         "make-mirror [options] <destination>",
         "Makes a mirror at the destination etcd cluster",
