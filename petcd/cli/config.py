@@ -166,6 +166,7 @@ class ServerConfig:
     experimental_backend_bbolt_freelist_type: str = "array"
     experimental_enable_lease_checkpoint: bool = False
     experimental_enable_lease_checkpoint_persist: bool = False
+    experimental_snapshot_catchup_entries: int = 5000
     experimental_lease_checkpoint_interval: float = 300.0  # petcd: etcd has no such flag
     experimental_compaction_batch_limit: int = 1000
     experimental_peer_skip_client_san_verification: bool = False

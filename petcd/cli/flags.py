@@ -458,6 +458,8 @@ FLAGS: tuple[FlagSpec, ...] = (
     _f("experimental-backend-bbolt-freelist-type", "string", _X, "The type of freelist that boltdb backend uses (array and map are supported types)."),
     _f("experimental-enable-lease-checkpoint", "bool", _X, "Enable leader to send regular checkpoints to other members to prevent reset of remaining TTL on leader change."),
     _f("experimental-enable-lease-checkpoint-persist", "bool", _X, "Enable persisting remainingTTL to prevent indefinite auto-renewal of long lived leases.", hidden=True),
+    # etcd 3.5.10+; hidden here because `etcd --help` of 3.4 does not list it.
+    _f("experimental-snapshot-catchup-entries", "uint", _X, "Number of entries for a slow follower to catch-up after compacting the raft storage entries.", hidden=True),
     # Not an etcd flag (etcd only sets it in its integration tests): hidden, default 5m.
     _f("experimental-lease-checkpoint-interval", "duration", _X, "Wait duration between lease checkpoints.", hidden=True),
     _f("experimental-compaction-batch-limit", "int", _X, "Sets the maximum revisions deleted in each compaction batch."),

@@ -137,6 +137,9 @@ class EtcdServer:
         self.max_request_bytes: int = cfg.max_request_bytes
         self.max_txn_ops: int = cfg.max_txn_ops
         self.snapshot_count: int = cfg.snapshot_count
+        self.catchup_entries: int = getattr(
+            cfg, "experimental_snapshot_catchup_entries", SNAPSHOT_CATCHUP_ENTRIES
+        )
         self.heartbeat_s: float = cfg.heartbeat_interval / 1000.0
         self.request_timeout_s: float = 5.0 + 2 * cfg.election_timeout / 1000.0
 
@@ -1093,7 +1096,7 @@ class EtcdServer:
         await self._loop.run_in_executor(self._wal_pool, self.wal.save_snapshot, meta)
         self.storage.create_snapshot(index, self._conf_state, snap.data)
         self._snapshot_index = index
-        compact_to = index - SNAPSHOT_CATCHUP_ENTRIES
+        compact_to = index - self.catchup_entries
         if compact_to > self.storage.first_index():
             self.storage.compact(compact_to)
         _log.info("saved snapshot", **{"snapshot-index": index})
