@@ -34,6 +34,8 @@ from petcd.errors import (
     ErrPeerURLExist,
     ErrStopped,
     ErrTimeout,
+    ErrTimeoutDueToConnectionLost,
+    ErrTimeoutDueToLeaderFail,
     ErrTimeoutLeaderTransfer,
     ErrTooManyLearners,
     ErrTooManyRequests,
@@ -141,6 +143,7 @@ class EtcdServer:
             cfg, "experimental_snapshot_catchup_entries", SNAPSHOT_CATCHUP_ENTRIES
         )
         self.heartbeat_s: float = cfg.heartbeat_interval / 1000.0
+        self.election_s: float = cfg.election_timeout / 1000.0
         self.request_timeout_s: float = 5.0 + 2 * cfg.election_timeout / 1000.0
 
         self.id = 0
@@ -201,6 +204,8 @@ class EtcdServer:
         # Database images sent to followers (path by peer), until the transfer reports back.
         self._snap_sends: dict[int, str] = {}
         self.removed = False  # this member was removed from the cluster
+        self._parked: list[bytes] = []  # proposals waiting for a leader
+        self._lead_elected_at = 0.0  # monotonic time a leader was last learned
         self.learner = False  # this member is a learner (serves serializable reads only)
 
     # ------------------------------------------------------------------ startup
@@ -452,11 +457,13 @@ class EtcdServer:
             raise ErrTooManyRequests()
         rid = self._reqid.next()
         fut = self._loop.create_future()
+        data = encode_internal(rid, field_no, payload)
         try:
-            data = encode_internal(rid, field_no, payload)
             self.node.propose(data)
         except ProposalDropped:
-            raise ErrNoLeader() from None
+            # No leader yet, or a leader transfer under way: like etcd, wait for a leader
+            # (until the request times out) rather than fail at once.
+            self._parked.append(data)
         self._waits[data] = _Wait(fut, field_no, req, time.monotonic() + self.request_timeout_s)
         return rid, fut
 
@@ -513,8 +520,85 @@ class EtcdServer:
             self.node.tick()
             self._wake.set()
             self._expire_waits()
+            self._unpark()
             self._retry_reads()
             self.lessor.tick()
+
+    def _unpark(self) -> None:
+        if not self._parked or not self.lead:
+            return
+        parked, self._parked = self._parked, []
+        for data in parked:
+            if data not in self._waits:
+                continue  # timed out meanwhile
+            try:
+                self.node.propose(data)
+            except ProposalDropped:
+                self._parked.append(data)
+        self._wake.set()
+
+    def _retry_reads(self) -> None:
+        """A ReadIndex request or its answer can be lost with a leader: ask again (etcd
+        retries every 500 ms) until the reader's own deadline gives up."""
+        if not self._read_started or not self.lead:
+            return
+        now = time.monotonic()
+        for ctx, started in list(self._read_started.items()):
+            fut = self._read_rounds.get(ctx)
+            if fut is None or fut.done():
+                self._read_rounds.pop(ctx, None)
+                self._read_started.pop(ctx, None)
+            elif now - started >= READ_INDEX_RETRY_S:
+                self._read_started[ctx] = now
+                self.node.read_index(ctx)
+                self._wake.set()
+
+    def _expire_waits(self) -> None:
+        if not self._waits:
+            return
+        now = time.monotonic()
+        expired = []
+        for key, w in self._waits.items():
+            if w.deadline > now:
+                break
+            expired.append(key)
+        for key in expired:
+            w = self._waits.pop(key)
+            if not w.fut.done():
+                w.fut.set_result(self._timeout_error(w.deadline - self.request_timeout_s))
+
+    def _timeout_error(self, start: float) -> EtcdError:
+        """Which timeout a proposal ran into (etcd's parseProposeCtxErr)."""
+        elected = self._lead_elected_at
+        if elected - 2 * self.election_s < start < elected:
+            return ErrTimeoutDueToLeaderFail()
+        lead = self.lead
+        if self.transport is not None and lead:
+            start_wall = time.time() - (time.monotonic() - start)
+            peers = [lead] if lead != self.id else [
+                m for m in self.cluster.voters() if m != self.id
+            ]
+            connected = sum(
+                1 for p in peers
+                if (t := self.transport.active_since(p)) is not None and t <= start_wall
+            )
+            need = 1 if lead != self.id else len(self.cluster.voters()) // 2
+            if connected < need:
+                return ErrTimeoutDueToConnectionLost()
+        return ErrTimeout()
+
+    def _unpark(self) -> None:
+        if not self._parked or not self.lead:
+            return
+        parked, self._parked = self._parked, []
+        for data in parked:
+            if data not in self._waits:
+                continue  # timed out meanwhile
+            try:
+                self.node.propose(data)
+            except ProposalDropped:
+                self._parked.append(data)
+        self._wake.set()
 
     def _retry_reads(self) -> None:
         """A ReadIndex request or its answer can be lost with a leader: ask again (etcd
@@ -703,6 +787,9 @@ class EtcdServer:
         if lead != self.lead:
             self.lead = lead
             if lead:
+                self._lead_elected_at = time.monotonic()
+                if self._parked:
+                    self._loop.call_soon(self._unpark)  # not in the middle of a Ready
                 _log.info(
                     "raft.node: elected leader",
                     **{"local-member-id": f"{self.id:x}", "leader": f"{lead:x}",

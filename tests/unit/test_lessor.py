@@ -417,6 +417,7 @@ def test_renew_clears_checkpoint_through_raft(tmp_path):
 
         class Srv:
             lead = 1
+            learner = False
             lessor = le
             request_timeout_s = 1.0
 
@@ -563,6 +564,7 @@ def test_lease_service_requires_leader(tmp_path):
 
     class Srv:
         lead = 0
+        learner = False
 
         def is_leader(self):
             return False
