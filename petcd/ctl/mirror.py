@@ -81,15 +81,17 @@ async def make_mirror(
     prefix: bytes,
     dest_prefix: bytes | None,
     counter: list[int],
+    revision: int = 0,
 ) -> None:
     """Mirror `prefix` (everything when empty) of `src` into `dst`, forever.
 
     `dest_prefix` replaces the prefix in destination keys (None: keep it; b"" with an empty
-    `prefix` is the same). `counter[0]` counts the puts and deletes applied. Raises the client
-    error that stops it.
+    `prefix` is the same). `counter[0]` counts the puts and deletes applied. `revision` pins
+    the base copy (0: the current one). Raises the client error that stops it.
     """
-    # clientv3/mirror pins the base copy to the revision a throwaway Get observes.
-    rev = (await src.get(b"foo", timeout=None)).header.revision
+    # clientv3/mirror pins the base copy (unless given a revision) to the revision a throwaway
+    # Get observes.
+    rev = revision or (await src.get(b"foo", timeout=None)).header.revision
     to = prefix if dest_prefix is None else dest_prefix
 
     def dest_key(k: bytes) -> bytes:
@@ -150,7 +152,7 @@ async def cmd_make_mirror(ctx: Ctx, args: list[str]) -> None:
     try:
         # etcdctl checks the prefix flags only once the base sync has started (after a Get).
         try:
-            await src.get(b"foo", timeout=None)
+            rev = (await src.get(b"foo", timeout=None)).header.revision
         except cerr.ClientError as e:
             ctx.warn_rpc(e)
             fail(EXIT_ERROR, error_text(e))
@@ -161,7 +163,7 @@ async def cmd_make_mirror(ctx: Ctx, args: list[str]) -> None:
             )
         target = b"" if no_dest else (dest_prefix or None)
         try:
-            await make_mirror(src, dst, prefix, target, counter)
+            await make_mirror(src, dst, prefix, target, counter, rev)
         except cerr.WatchCompacted:
             fail(EXIT_ERROR, "etcdserver: mvcc: required revision has been compacted")
         except cerr.WatchCanceled as e:

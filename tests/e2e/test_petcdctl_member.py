@@ -68,10 +68,16 @@ def _need_etcd() -> None:
             pytest.skip(f"{binary} not installed")
 
 
+def _server_cmd() -> list[str] | None:
+    """The server the differential tests run against: real etcd, or petcd when
+    PETCDCTL_TEST_SERVER=petcd (both tools then talk to the same petcd)."""
+    return None if os.environ.get("PETCDCTL_TEST_SERVER") == "petcd" else [ETCD]
+
+
 @pytest.fixture(scope="module")
 def etcd():
     _need_etcd()
-    s = ServerProcess(cmd=[ETCD]).start()
+    s = ServerProcess(cmd=_server_cmd()).start()
     yield s
     s.cleanup()
 
@@ -224,7 +230,7 @@ def _start_learner(
 ) -> tuple[ServerProcess, tuple[int, bytes, bytes]]:
     """Add a learner with `tool`, start a real etcd for it and promote it once in sync."""
     peer = f"http://127.0.0.1:{etcd.peer_port}"
-    learner = ServerProcess(cmd=[ETCD], name="m2")
+    learner = ServerProcess(cmd=_server_cmd(), name="m2")
     url = f"http://127.0.0.1:{learner.peer_port}"
     etcd.ctl("member", "add", "m2", f"--peer-urls={url}", "--learner")
     learner.extra_args = [
@@ -256,7 +262,7 @@ def test_promote_synced_learner_matches(fmt):
     for tool in ([ETCDCTL], PETCDCTL):
         # A fresh pair each time: etcd refuses to remove a member it has been connected to for
         # less than 5 s, so undoing the promotion would be slower than starting over.
-        leader = ServerProcess(cmd=[ETCD]).start()
+        leader = ServerProcess(cmd=_server_cmd()).start()
         learner = None
         try:
             learner, res = _start_learner(leader, tool, fmt)
@@ -315,7 +321,7 @@ def test_make_mirror_syncs_base_then_updates(etcd, petcd_server):
         src.ctl("put", "/app/k3", "v3")
         src.ctl("put", "/app/k0", "v0b")
         src.ctl("del", "/app/k1")
-        src.ctl("txn", input="\nput /app/t1 a\nput /app/t2 b\ndel /app/k2\n\n")
+        src.ctl("txn", input="\nput /app/t1 a\nput /app/t2 b\ndel /app/k2\n\n\n")
         want = {"/copy/k0": "v0b", "/copy/k3": "v3", "/copy/t1": "a", "/copy/t2": "b"}
         _wait_for(lambda: _get_all(dst) == want)
         time.sleep(0.7)
@@ -327,22 +333,32 @@ def test_make_mirror_syncs_base_then_updates(etcd, petcd_server):
     assert counts and counts == sorted(counts) and counts[-1] == 9, (out, err)
 
 
-def test_make_mirror_whole_keyspace_no_dest_prefix(etcd, petcd_server):
+@pytest.mark.parametrize(
+    "flags, first, then",
+    [
+        ([], {"a": "1", "b/c": "2", "b/d": "3"}, {"b/c": "2", "b/d": "3"}),
+        (["--prefix=b/", "--no-dest-prefix"], {"c": "2", "d": "3"}, {"c": "2"}),
+    ],
+    ids=["whole-keyspace", "no-dest-prefix"],
+)
+def test_make_mirror_whole_keyspace_and_no_dest_prefix(etcd, petcd_server, flags, first, then):
     src, dst = etcd, petcd_server
     src.ctl("del", "--prefix", "")
     src.ctl("put", "a", "1")
     src.ctl("put", "b/c", "2")
     proc = subprocess.Popen(
-        [*PETCDCTL, f"--endpoints={src.endpoint}", "make-mirror", dst.endpoint],
+        [*PETCDCTL, f"--endpoints={src.endpoint}", "make-mirror", *flags, dst.endpoint],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=_env(),
         start_new_session=True,
     )
     try:
-        _wait_for(lambda: _get_all(dst) == {"a": "1", "b/c": "2"})
-        src.ctl("del", "a")
-        _wait_for(lambda: _get_all(dst) == {"b/c": "2"})
+        _wait_for(lambda: set(_get_all(dst)) >= set(first) - {"b/d", "d"})
+        src.ctl("put", "b/d", "3")
+        _wait_for(lambda: _get_all(dst) == first)
+        src.ctl("del", "a" if not flags else "b/d")
+        _wait_for(lambda: _get_all(dst) == then)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=10)
