@@ -47,13 +47,21 @@ from petcd.mvcc.kvstore import KVStore
 from petcd.mvcc.watchable import WatchableStore
 from petcd.proto.etcdserverpb import rpc_pb2
 from petcd.proto.membershippb import membership_pb2
-from petcd.raft import MemoryStorage, ProposalDropped, RaftConfig, RawNode, decode_conf_change
+from petcd.raft import (
+    MemoryStorage,
+    ProposalDropped,
+    RaftConfig,
+    RawNode,
+    decode_conf_change,
+    encode_conf_change,
+)
 from petcd.raft.types import (
     ConfChange,
     ConfChangeType,
     ConfState,
     Entry,
     EntryType,
+    HardState,
     Message,
     MessageType,
     Snapshot,
@@ -246,8 +254,12 @@ class EtcdServer:
                 self.storage.apply_snapshot(snap)
                 self._snapshot_index = snap.metadata.index
                 self._conf_state = snap.metadata.conf_state
-            self.storage.set_hard_state(st.hard_state)
-            self.storage.append(st.entries)
+            entries = st.entries
+            hs = st.hard_state
+            if cfg.force_new_cluster:
+                hs, entries = self._force_new_cluster(snap, hs, entries)
+            self.storage.set_hard_state(hs)
+            self.storage.append(entries)
             self.cluster = RaftCluster(cid, self.id)
             self.cluster.load(self.backend)
             _log.info(
@@ -303,6 +315,40 @@ class EtcdServer:
         if peers is None and not self.storage.last_index() and not self._snapshot_index:
             _log.info("joining an existing cluster; waiting for the leader's log",
                       **{"local-member-id": f"{self.id:x}"})
+
+    def _force_new_cluster(self, snap, hs, entries):
+        """--force-new-cluster: keep what was committed, drop the rest, and commit
+        configuration changes that leave this member the only one (etcd's
+        restartAsStandaloneNode)."""
+        entries = [e for e in entries if e.index <= hs.commit]
+        ids: set[int] = set(snap.metadata.conf_state.voters) if snap is not None else set()
+        for e in entries:
+            if e.type != EntryType.CONF_CHANGE:
+                continue
+            cc = decode_conf_change(e.data)
+            if cc.type in (ConfChangeType.ADD_NODE, ConfChangeType.ADD_LEARNER_NODE):
+                ids.add(cc.node_id)
+            elif cc.type == ConfChangeType.REMOVE_NODE:
+                ids.discard(cc.node_id)
+        last = entries[-1] if entries else None
+        index = last.index if last else (snap.metadata.index if snap is not None else 0)
+        term = last.term if last else (snap.metadata.term if snap is not None else 0)
+        changes = [ConfChange(ConfChangeType.REMOVE_NODE, i) for i in sorted(ids) if i != self.id]
+        if self.id not in ids:
+            me = Member(self.id, self.name, list(self.cfg.initial_advertise_peer_urls), [])
+            changes.append(ConfChange(ConfChangeType.ADD_NODE, self.id, me.to_json()))
+        extra = []
+        for cc in changes:
+            index += 1
+            extra.append(Entry(term, index, EntryType.CONF_CHANGE, encode_conf_change(cc)))
+        hs = HardState(term=max(hs.term, term), vote=hs.vote, commit=index)
+        self.wal.save(hs, extra)
+        _log.info(
+            "forcing restart member",
+            **{"local-member-id": f"{self.id:x}", "commit-index": index,
+               "removed-member-ids": [f"{i:x}" for i in sorted(ids) if i != self.id]},
+        )
+        return hs, entries + extra
 
     def _lock_member_dir(self) -> None:
         """One member per data dir: a second process must fail, not wait on the backend's lock."""
@@ -476,10 +522,28 @@ class EtcdServer:
             self._run_cycle_inline()
         else:
             self._wake.set()
-        res = fut.result() if fut.done() else await fut
+        if fut.done():
+            res = fut.result()
+        else:
+            try:
+                res = await fut
+            except asyncio.CancelledError:
+                # The client gave up: a proposal still parked for want of a leader is
+                # dropped with it (etcd's proposal context ends with the client's).
+                if self._parked:
+                    self._drop_parked(fut)
+                raise
         if isinstance(res, EtcdError):
             raise res
         return res
+
+    def _drop_parked(self, fut: asyncio.Future) -> None:
+        for data in self._parked:
+            w = self._waits.get(data)
+            if w is not None and w.fut is fut:
+                del self._waits[data]
+                self._parked.remove(data)
+                return
 
     # ------------------------------------------------------------------ reads
 
