@@ -1061,7 +1061,8 @@ class EtcdServer:
         """--strict-reconfig-check for adding a voter (etcd's mayAddMember)."""
         voters = [self.cluster.members[m] for m in self.cluster.voters()]
         started = sum(1 for m in voters if m.name)
-        if started < (len(voters) + 1) // 2 + 1:
+        # One started member may always grow to two: restoring a cluster from one survivor.
+        if not (started == 1 and len(voters) == 1) and started < (len(voters) + 1) // 2 + 1:
             raise ErrMemberNotEnoughStarted()
         if self._connected_since(voters) != len(voters):
             raise ErrUnhealthy()
