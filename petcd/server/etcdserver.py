@@ -821,6 +821,9 @@ class EtcdServer:
                     self._wake.set()  # installing a snapshot is the loop's (async) work
                     return
                 rd = self._take_ready()
+                if rd.messages and self.lead == self.id:
+                    self._send(rd.messages)  # replicate while our own fsync runs
+                    rd.messages = []
                 if rd.entries or rd.hard_state is not None:
                     self._persist_inline(rd)
                 self._finish_ready(rd)
