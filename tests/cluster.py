@@ -539,7 +539,7 @@ class Cluster:
         env = dict(re.findall(r'^(ETCD_\w+)="(.*)"$', r.stdout, re.M))
         m.initial_cluster = env["ETCD_INITIAL_CLUSTER"]
         m.cluster_state = env.get("ETCD_INITIAL_CLUSTER_STATE", "existing")
-        mid = re.search(r"Member ([0-9a-f]+) added", r.stdout)
+        mid = re.search(r"Member\s+([0-9a-f]+) added", r.stdout)
         if mid:
             self._ids[name] = int(mid.group(1), 16)
         if start:
