@@ -1298,9 +1298,9 @@ def _load_extra_commands() -> None:
     if _EXTRA_LOADED:
         return
     _EXTRA_LOADED = True
-    from petcd.ctl import check, member, mirror
+    from petcd.ctl import check, member, mirror, snapshot
 
-    for mod in (member, mirror, check):
+    for mod in (member, mirror, check, snapshot):
         mod.register(ROOT)
     ROOT.subs.sort(key=lambda c: c.name)
 
