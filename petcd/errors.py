@@ -102,6 +102,9 @@ ErrTimeoutDueToConnectionLost = _err(
 )
 ErrUnhealthy = _err("ErrUnhealthy", _C.UNAVAILABLE, "etcdserver: unhealthy cluster")
 ErrCorrupt = _err("ErrCorrupt", _C.DATA_LOSS, "etcdserver: corrupt cluster")
+# Go's context.DeadlineExceeded, which etcd returns raw (code Unknown) when a proposal
+# waited for a leader until the server's request timeout without entering the log.
+ErrProposeDeadline = _err("ErrProposeDeadline", _C.UNKNOWN, "context deadline exceeded")
 # Not in etcd's gRPC error table, so it reaches clients with code Unknown.
 ErrTimeoutLeaderTransfer = _err(
     "ErrTimeoutLeaderTransfer",

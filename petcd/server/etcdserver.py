@@ -32,6 +32,7 @@ from petcd.errors import (
     ErrNoLeader,
     ErrNoSpace,
     ErrPeerURLExist,
+    ErrProposeDeadline,
     ErrStopped,
     ErrTimeout,
     ErrTimeoutDueToConnectionLost,
@@ -628,7 +629,12 @@ class EtcdServer:
             expired.append(key)
         for key in expired:
             w = self._waits.pop(key)
-            if not w.fut.done():
+            if w.fut.done():
+                continue
+            if self._parked and key in self._parked:
+                self._parked.remove(key)
+                w.fut.set_result(ErrProposeDeadline())  # never reached a leader
+            else:
                 w.fut.set_result(self._timeout_error(w.deadline - self.request_timeout_s))
 
     def _timeout_error(self, start: float) -> EtcdError:
@@ -650,49 +656,6 @@ class EtcdServer:
             if connected < need:
                 return ErrTimeoutDueToConnectionLost()
         return ErrTimeout()
-
-    def _unpark(self) -> None:
-        if not self._parked or not self.lead:
-            return
-        parked, self._parked = self._parked, []
-        for data in parked:
-            if data not in self._waits:
-                continue  # timed out meanwhile
-            try:
-                self.node.propose(data)
-            except ProposalDropped:
-                self._parked.append(data)
-        self._wake.set()
-
-    def _retry_reads(self) -> None:
-        """A ReadIndex request or its answer can be lost with a leader: ask again (etcd
-        retries every 500 ms) until the reader's own deadline gives up."""
-        if not self._read_started or not self.lead:
-            return
-        now = time.monotonic()
-        for ctx, started in list(self._read_started.items()):
-            fut = self._read_rounds.get(ctx)
-            if fut is None or fut.done():
-                self._read_rounds.pop(ctx, None)
-                self._read_started.pop(ctx, None)
-            elif now - started >= READ_INDEX_RETRY_S:
-                self._read_started[ctx] = now
-                self.node.read_index(ctx)
-                self._wake.set()
-
-    def _expire_waits(self) -> None:
-        if not self._waits:
-            return
-        now = time.monotonic()
-        expired = []
-        for key, w in self._waits.items():
-            if w.deadline > now:
-                break
-            expired.append(key)
-        for key in expired:
-            w = self._waits.pop(key)
-            if not w.fut.done():
-                w.fut.set_result(ErrTimeout())
 
     async def _backend_committer(self) -> None:
         while True:
@@ -1116,6 +1079,7 @@ class EtcdServer:
                     plain.append(m)
         if plain:
             tr.send(plain)
+            tr.flush()
 
     def _spawn(self, coro) -> None:
         t = self._loop.create_task(coro)

@@ -897,35 +897,54 @@ class Transport:
                 return
             if not q:
                 continue
-            out: list[bytes] = []
-            parts: list[bytes] = []
-            size = 0
-            n = len(q)
-            popleft = q.popleft
-            for _ in range(n):
-                m = popleft()
-                encode_into(parts, m)
-                if m.entries or m.snapshot is not None:
-                    size = sum(map(len, parts))
-                    if size >= _FRAME_TARGET:
-                        body = b"".join(parts)
-                        out.append(_frame(body))
-                        out.append(body)
-                        parts = []
-                        size = 0
-            if parts:
-                body = b"".join(parts)
-                out.append(_frame(body))
-                out.append(body)
-            tr.writelines(out)
-            st.msgs_sent += n
-            st.writes += 1
-            st.frames_sent += len(out) // 2
-            st.bytes_sent += sum(map(len, out))
+            self._write_queued(p, tr, st)
             if conn.paused:
                 await conn.drain(self.write_timeout)
             if conn.lost:
                 return
+
+    @staticmethod
+    def _write_queued(p: _Peer, tr: asyncio.Transport, st: PeerStats) -> None:
+        q = p.queue
+        out: list[bytes] = []
+        parts: list[bytes] = []
+        size = 0
+        n = len(q)
+        popleft = q.popleft
+        for _ in range(n):
+            m = popleft()
+            encode_into(parts, m)
+            if m.entries or m.snapshot is not None:
+                size = sum(map(len, parts))
+                if size >= _FRAME_TARGET:
+                    body = b"".join(parts)
+                    out.append(_frame(body))
+                    out.append(body)
+                    parts = []
+                    size = 0
+        if parts:
+            body = b"".join(parts)
+            out.append(_frame(body))
+            out.append(body)
+        tr.writelines(out)
+        st.msgs_sent += n
+        st.writes += 1
+        st.frames_sent += len(out) // 2
+        st.bytes_sent += sum(map(len, out))
+
+    def flush(self) -> None:
+        """Write queued messages now, from the caller, to peers whose writer is idle: a
+        leader about to block in fsync gets its appends onto the wire first."""
+        for p in self._peers.values():
+            if not p.queue or p.state != _ACTIVE:
+                continue
+            conn = p.conn
+            w = p.waiter
+            if conn is None or conn.lost or conn.paused or conn.transport is None:
+                continue
+            if w is None:
+                continue  # the writer task is draining: leave it the queue
+            self._write_queued(p, conn.transport, p.stats)
 
     # -- snapshots ----------------------------------------------------------------------
 
