@@ -313,20 +313,32 @@ def _client_urls(c: ServerConfig) -> list[str]:
     return c.listen_client_urls + c.advertise_client_urls + c.listen_client_http_urls
 
 
+def _client_tls_on(c: ServerConfig) -> bool:
+    """Some client listener serves TLS."""
+    return any(u.startswith("https://") for u in c.listen_client_urls)
+
+
+def _mixed_client_address(c: ServerConfig) -> bool:
+    schemes: dict[str, set[str]] = {}
+    for u in c.listen_client_urls:
+        p = parse_url(u)
+        schemes.setdefault(p.hostport, set()).add(p.scheme)
+    return any(len(s) > 1 for s in schemes.values())
+
+
 NOT_SUPPORTED_YET: tuple[tuple[str, Callable[[ServerConfig], bool]], ...] = (
-    ("client TLS (--cert-file)", lambda c: bool(c.cert_file)),
-    ("client TLS (--key-file)", lambda c: bool(c.key_file)),
-    ("client TLS (--trusted-ca-file)", lambda c: bool(c.trusted_ca_file)),
-    ("client certificate authentication (--client-cert-auth)", lambda c: c.client_cert_auth),
-    ("client auto TLS (--auto-tls)", lambda c: c.auto_tls),
+    # gRPC's TLS cannot check a CRL or a hostname on the client certificate
     ("client certificate revocation lists (--client-crl-file)", lambda c: bool(c.client_crl_file)),
     ("--client-cert-allowed-hostname", lambda c: bool(c.client_cert_allowed_hostname)),
-    ("client TLS (--client-cert-file/--client-key-file)",
-     lambda c: bool(c.client_cert_file or c.client_key_file)),
-    ("TLS client URLs (https:// or unixs://)",
-     lambda c: any(u.startswith(("https://", "unixs://")) for u in _client_urls(c))),
-    ("unix socket client URLs (unix://)",
-     lambda c: any(u.startswith("unix://") for u in _client_urls(c))),
+    # nor be given the ciphers or TLS versions (peer TLS can)
+    ("--cipher-suites with client TLS", lambda c: bool(c.cipher_suites) and _client_tls_on(c)),
+    ("--tls-min-version/--tls-max-version other than TLS1.2..TLS1.3 with client TLS",
+     lambda c: _client_tls_on(c) and (c.tls_min_version not in ("", "TLS1.2") or c.tls_max_version
+                                      not in ("", "TLS1.3"))),
+    ("unix socket client URLs (unix:// or unixs://)",
+     lambda c: any(u.startswith(("unix://", "unixs://")) for u in _client_urls(c))),
+    # etcd splits one port between plain and TLS connections; a gRPC port is one or the other
+    ("http and https client URLs on the same address", _mixed_client_address),
     ("--listen-client-http-urls", lambda c: bool(c.listen_client_http_urls)),
     ("--auth-token other than 'simple'", lambda c: c.auth_token.split(",", 1)[0] != "simple"),
     ("discovery (--discovery)", lambda c: bool(c.discovery)),

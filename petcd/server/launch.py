@@ -10,7 +10,7 @@ import grpc
 
 from petcd import log
 from petcd.transport.peer import TransportError, fetch_cluster_info
-from petcd.transport.tls import peer_tls
+from petcd.transport.tls import ClientTLS, client_tls, peer_tls
 from petcd.version import ETCD_VERSION
 from petcd.wal.wal import wal_exists
 
@@ -44,6 +44,63 @@ def _bind_address(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{host}:{u.port or 2379}"
+
+
+def _is_tls_url(url: str) -> bool:
+    return urlsplit(url).scheme in ("https", "unixs")
+
+
+def _client_tls(cfg) -> ClientTLS | None:
+    """etcd's ClientSelfCert + configureClientListeners checks, then the server credentials'
+    PEMs (None: no listener serves TLS); raises ValueError with etcd's wording."""
+    tls_urls = [u for u in cfg.listen_client_urls if _is_tls_url(u)]
+    if not (cfg.cert_file or cfg.key_file or cfg.auto_tls):
+        if tls_urls:
+            raise ValueError(
+                f"TLS key/cert (--cert-file, --key-file) must be provided for client url "
+                f"{tls_urls[0]} with HTTPS scheme"
+            )
+        return None
+    for u in cfg.listen_client_urls:
+        if not _is_tls_url(u):
+            _warn_plain_client_url(cfg, u)
+    # etcd makes the --auto-tls certificate even for plain listeners, but only reads given
+    # cert files when some listener serves TLS
+    if tls_urls or cfg.auto_tls:
+        return client_tls(cfg, cfg.effective_data_dir())
+    return None
+
+
+def _warn_plain_client_url(cfg, url: str) -> None:
+    if cfg.cert_file or cfg.key_file or cfg.auto_tls:
+        _log.warning(
+            "scheme is HTTP while key and cert files are present; ignoring key and cert files",
+            **{"client-url": url},
+        )
+    if cfg.client_cert_auth:
+        _log.warning(
+            "scheme is HTTP while --client-cert-auth is enabled; ignoring client cert auth for this URL",
+            **{"client-url": url},
+        )
+
+
+def _client_listeners(cfg) -> dict[str, bool]:
+    """Bind address -> serve TLS, in --listen-client-urls order; repeated addresses merge
+    as in etcd (config.py refuses one address with both http and https)."""
+    out: dict[str, bool] = {}
+    for url in cfg.listen_client_urls:
+        addr = _bind_address(url)
+        out[addr] = out.get(addr, False) or _is_tls_url(url)
+    return out
+
+
+def _describe_client_tls(cfg, ctls: ClientTLS | None) -> str:
+    """etcd 3.4's TLSInfo.String()."""
+    cert, key = (ctls.cert_file, ctls.key_file) if ctls is not None else (cfg.cert_file, cfg.key_file)
+    return (
+        f"cert = {cert}, key = {key}, trusted-ca = {cfg.trusted_ca_file}, "
+        f"client-cert-auth = {str(cfg.client_cert_auth).lower()}, crl-file = {cfg.client_crl_file}"
+    )
 
 
 async def _fetch_remote_cluster(cfg, client_ssl) -> bytes:
@@ -84,6 +141,7 @@ async def serve(cfg) -> int:
     srv = EtcdServer(cfg)
     try:
         srv.peer_tls = peer_tls(cfg, cfg.effective_data_dir())
+        ctls = _client_tls(cfg)
         remote = None
         if cfg.initial_cluster_state == "existing" and not wal_exists(cfg.effective_wal_dir()):
             remote = await _fetch_remote_cluster(cfg, srv.peer_tls[1])
@@ -95,10 +153,15 @@ async def serve(cfg) -> int:
 
     server = grpc.aio.server(options=_grpc_options(cfg))
     server.add_generic_rpc_handlers(all_handlers(srv))
+    listeners = _client_listeners(cfg)
     try:
-        for url in cfg.listen_client_urls:
-            addr = _bind_address(url)
-            if server.add_insecure_port(addr) == 0:
+        creds = ctls.server_credentials() if ctls is not None else None
+        for addr, secure in listeners.items():
+            if secure and creds is not None:  # (creds is None only without TLS listeners)
+                port = server.add_secure_port(addr, creds)
+            else:
+                port = server.add_insecure_port(addr)
+            if port == 0:
                 raise RuntimeError(f"listen tcp {addr}: bind: address already in use")
     except RuntimeError as e:
         _log.error("failed to listen on client url", error=str(e))
@@ -117,13 +180,23 @@ async def serve(cfg) -> int:
         if not stop.is_set() and not srv.fatal_event.is_set():
             await first(srv.publish(), stop.wait(), srv.fatal_event.wait())
         if not stop.is_set() and not srv.fatal_event.is_set():
+            if ctls is not None or cfg.cert_file or cfg.key_file:
+                _log.info(
+                    "starting with client TLS",
+                    **{"tls-info": _describe_client_tls(cfg, ctls),
+                       "cipher-suites": list(cfg.cipher_suites)},
+                )
             await server.start()
             _log.info("ready to serve client requests")
-            for url in cfg.listen_client_urls:
-                _log.warning(
-                    "serving client traffic insecurely; this is strongly discouraged!",
-                    address=_bind_address(url),
-                )
+            for addr, secure in listeners.items():
+                if secure:
+                    _log.info("serving client traffic securely", address=addr)
+                else:
+                    # etcd logs this at info level too
+                    _log.info(
+                        "serving client traffic insecurely; this is strongly discouraged!",
+                        address=addr,
+                    )
             await srv.set_cluster_version()
             await first(stop.wait(), srv.fatal_event.wait())
         if srv.fatal_event.is_set() and not srv.removed:

@@ -389,7 +389,8 @@ def test_config_file_sample(tmp_path):
         ("listen-peer-urls: foo\n", "unexpected error setting up listen-peer-urls: URL scheme must be http, https, unix, or unixs: foo"),
         ("proxy: bad\n", "unexpected error setting up proxyFlag: invalid value"),
         ("initial-cluster-state: bad\n", 'unexpected clusterState "bad"'),
-        ("client-transport-security:\n  cert-file: /x.pem\n", "client TLS (--cert-file) is not supported yet"),
+        ("client-transport-security:\n  crl-file: /x.pem\n",
+         "client certificate revocation lists (--client-crl-file) is not supported yet"),
     ],
 )  # fmt: skip
 def test_config_file_errors(tmp_path, text, message):
@@ -468,13 +469,12 @@ def test_bootstrap_checks():
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--cert-file", "c.pem"],
-        ["--key-file", "k.pem"],
-        ["--trusted-ca-file", "ca.pem"],
-        ["--client-cert-auth"],
-        ["--auto-tls"],
         ["--client-crl-file", "x"],
-        ["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
+        ["--listen-client-urls", "https://127.0.0.1:2379,http://127.0.0.1:2379",
+         "--advertise-client-urls", "https://127.0.0.1:2379"],
+        ["--listen-client-urls", "https://127.0.0.1:2379", "--advertise-client-urls", "https://127.0.0.1:2379",
+         "--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+        ["--listen-client-urls", "unixs://localhost:2379", "--advertise-client-urls", "https://127.0.0.1:2379"],
         ["--auth-token", "jwt,pub-key=a,priv-key=b,sign-method=RS256"],
         ["--discovery", "http://d.example:1/x"],
         ["--discovery-srv", "example.com"],
@@ -484,6 +484,16 @@ def test_bootstrap_checks():
 def test_not_supported_yet(argv):
     e = err(*argv)
     assert e.message.endswith("is not supported yet by petcd") and e.exit_code == 1
+
+
+def test_client_tls_flags_are_accepted():
+    cfg = parse("--listen-client-urls", "https://127.0.0.1:2379,http://127.0.0.1:2378",
+                "--advertise-client-urls", "https://127.0.0.1:2379", "--cert-file", "c.pem",
+                "--key-file", "k.pem", "--trusted-ca-file", "ca.pem", "--client-cert-auth",
+                "--auto-tls")  # fmt: skip
+    assert cfg.client_cert_auth and cfg.auto_tls and cfg.cert_file == "c.pem"
+    # ciphers only matter to peers while no client listener serves TLS
+    assert parse("--cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256").cipher_suites
 
 
 def test_single_member_only_flags_are_accepted(tmp_path):
