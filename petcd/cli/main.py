@@ -7,7 +7,11 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from petcd import log
+# gRPC's C core prints its own plain-text lines (refused TLS handshakes, ...) unless told
+# otherwise before it loads; our logs are etcd's JSON lines.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from petcd import log  # noqa: E402
 from petcd.cli.config import USAGE_TEXT, ConfigError, EarlyExit, ServerConfig, parse_args
 
 SUBCOMMANDS_NOT_SUPPORTED = ("gateway", "grpc-proxy")

@@ -7,6 +7,9 @@ gRPC calls to the leader's client URLs, over one cached channel per leader.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
@@ -21,7 +24,7 @@ class LeaderForwarder:
         self._target = ""
         self._channel: grpc.aio.Channel | None = None
 
-    def _channels(self) -> list[tuple[str, grpc.aio.Channel]]:
+    async def _channels(self) -> list[tuple[str, grpc.aio.Channel]]:
         srv = self.srv
         lead = srv.cluster.members.get(srv.lead) if srv.lead else None
         if lead is None or not lead.client_urls or srv.lead == srv.id:
@@ -34,21 +37,40 @@ class LeaderForwarder:
                 if self._channel is not None:
                     self._close_later(self._channel)
                 self._target = target
-                self._channel = grpc.aio.insecure_channel(target)
+                if u.scheme == "https":
+                    creds = await asyncio.to_thread(self._credentials, u)  # may dial (auto-TLS)
+                    self._channel = grpc.aio.secure_channel(target, creds)
+                else:
+                    self._channel = grpc.aio.insecure_channel(target)
             out.append((target, self._channel))
             break  # one channel; gRPC reconnects by itself
         return out
 
+    def _credentials(self, u) -> grpc.ChannelCredentials:
+        """TLS to the leader's client listener: --trusted-ca-file (else the system roots)
+        verifies it; we present --client-cert-file, else --cert-file (else the auto-TLS
+        certificate). A self-signed (--auto-tls) leader cannot be verified; etcd skips
+        verification there, so its certificate is pinned as fetched."""
+        cfg, ctls = self.srv.cfg, getattr(self.srv, "client_tls", None)
+        cert = cfg.client_cert_file or (ctls.cert_file if ctls else cfg.cert_file)
+        key = cfg.client_key_file or (ctls.key_file if ctls else cfg.key_file)
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        roots = read(cfg.trusted_ca_file)
+        if roots is None and ctls is not None and ctls.self_cert:
+            roots = ssl.get_server_certificate((u.hostname, u.port or 2379), timeout=2).encode()
+        return grpc.ssl_channel_credentials(roots, read(key), read(cert))
+
     @staticmethod
     def _close_later(ch: grpc.aio.Channel) -> None:
-        import asyncio
-
         asyncio.get_running_loop().create_task(ch.close())
 
     async def unary(self, method: str, raw: bytes) -> bytes:
         """Call ``method`` on the leader with the request bytes; its error becomes ours."""
         timeout = self.srv.request_timeout_s
-        for _target, ch in self._channels():
+        for _target, ch in await self._channels():
             try:
                 return await ch.unary_unary(method)(raw, timeout=timeout)
             except grpc.aio.AioRpcError as e:
@@ -60,7 +82,7 @@ class LeaderForwarder:
     async def lease_renew(self, lease_id: int) -> int:
         """Renew on the leader; returns the TTL (0: the lease does not exist)."""
         timeout = self.srv.request_timeout_s
-        for _target, ch in self._channels():
+        for _target, ch in await self._channels():
             call = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")(timeout=timeout)
             try:
                 await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id).SerializeToString())

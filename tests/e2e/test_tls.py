@@ -396,9 +396,6 @@ def test_cluster_peer_auto_tls(pki):
             assert (Path(m.data_dir) / "fixtures" / "peer" / "cert.pem").is_file()
 
 
-@pytest.mark.xfail(
-    reason="petcd/server/forward.py dials the leader's https client URL in plain text", strict=True
-)
 @pytest.mark.parametrize("client_auth", ["certs", "auto-tls"])
 def test_forwarding_to_tls_leader(pki, client_auth):
     peer = ["--peer-cert-file", pki["cert"], "--peer-key-file", pki["key"],
