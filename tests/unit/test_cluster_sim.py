@@ -170,6 +170,7 @@ class Sim:
         self.rid_index: dict[int, int] = {}  # request id -> index it was applied at
         self.log_pairs: dict[tuple[int, int], tuple[bytes, int]] = {}  # (i, t) -> data, prev term
         self.acked: set[int] = set()
+        self.stats = {"crash": 0, "mid_ready_crash": 0, "snap_installed": 0, "restart": 0}
         for m in self.members.values():
             m.node = RawNode(self._config(m.id, 0), m.storage, peers=self.ids)
         for m in self.members.values():
@@ -196,6 +197,7 @@ class Sim:
         self.cut = {(x, y) for x in a for y in b} | {(y, x) for x in a for y in b}
 
     def crash(self, m: Member) -> None:
+        self.stats["crash"] += 1
         m.node = None
         # Its clients see the connection drop: a write's fate is unknown; a read is retried.
         for req in list(m.writes.values()):
@@ -212,6 +214,7 @@ class Sim:
         self.queue = [q for q in self.queue if q[2].to != m.id]
 
     def restart(self, m: Member) -> None:
+        self.stats["restart"] += 1
         snap = m.storage.snapshot()
         if snap.data:
             kv, m.chain = pickle.loads(snap.data)
@@ -228,6 +231,7 @@ class Sim:
             while m.node is not None and m.node.has_ready():
                 self.handle_ready(m, m.node.ready())
         except Crash:
+            self.stats["mid_ready_crash"] += 1
             self.crash(m)
 
     def handle_ready(self, m: Member, rd: Ready) -> None:
@@ -264,6 +268,7 @@ class Sim:
             kv, m.chain = pickle.loads(rd.snapshot.data)
             m.kv = dict(kv)
             m.applied = rd.snapshot.metadata.index
+            self.stats["snap_installed"] += 1
             assert self.chains.get(m.applied, m.chain) == m.chain, "snapshot state differs"
             # Reads waiting for an index the snapshot covers are served below.
         for e in rd.committed_entries:
@@ -612,14 +617,19 @@ def test_history_is_rich() -> None:
     """The workload exercises what the checker needs: concurrency, all op kinds,
     unknown outcomes, and snapshots/crashes/restarts actually happen."""
     kinds: set[str] = set()
-    unknown = acked = 0
-    for seed in range(6):
+    unknown = acked = cas_ok = 0
+    stats: dict[str, int] = {}
+    for seed in range(10):
         sim = run_seed(seed)
         kinds |= {o.kind for o in sim.hist.ops}
         unknown += sum(o.ret_t == UNKNOWN for o in sim.hist.ops)
+        cas_ok += sum(o.kind == CAS and o.ret is True for o in sim.hist.ops)
         acked += len(sim.acked)
+        for k, v in sim.stats.items():
+            stats[k] = stats.get(k, 0) + v
     assert kinds == {PUT, GET, CAS, DELETE}
-    assert acked > 50 and unknown > 0
+    assert acked > 200 and unknown > 10 and cas_ok > 10
+    assert all(v > 0 for v in stats.values()), stats
 
 
 def _failures(seeds: range, **mode: bool) -> list[str]:

@@ -276,3 +276,19 @@ def test_thousands_of_ops_per_key_are_fast() -> None:
     dt = time.perf_counter() - t
     assert r.ok, r.explanation
     assert dt < 1.0, dt
+
+
+def test_many_lost_writes_are_cheap() -> None:
+    """Unknown writes that never took effect must not blow up the search (a
+    long outage leaves dozens of them on one key)."""
+    h = [op(0, PUT, "a", call=0, end=1)]
+    h += [op(i, PUT, f"lost{i}", call=2 + i) for i in range(1, 60)]
+    h += [op(i, CAS, ("zz", f"c{i}"), call=2 + i) for i in range(60, 80)]
+    h += [op(99, GET, ret="a", call=200 + 2 * i, end=201 + 2 * i) for i in range(30)]
+    t = time.perf_counter()
+    assert check(h, max_steps=200_000).ok
+    h.append(op(98, GET, ret="lost7", call=300, end=301))  # one of them did happen
+    assert check(h, max_steps=200_000).ok
+    h.append(op(98, GET, ret="a", call=302, end=303))  # and then it was undone?
+    assert not check(h, max_steps=200_000).ok
+    assert time.perf_counter() - t < 1.0
