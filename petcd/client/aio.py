@@ -31,6 +31,7 @@ import grpc
 import grpc.aio
 
 from petcd.client import errors
+from petcd.client.auth import _DEFAULT, AuthMixin, TokenAuth
 from petcd.client.errors import (
     ClientClosed,
     DeadlineExceeded,
@@ -71,7 +72,6 @@ _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _INTERNAL = grpc.StatusCode.INTERNAL
 # gRPC core's wording when no connection could be made: the request was never sent.
 _NOT_SENT_HINTS = ("failed to connect", "connections to all backends failing", "connection refused")
-_DEFAULT: Any = object()
 
 _SORT_ORDER = {"none": 0, "ascend": 1, "descend": 2}
 _SORT_TARGET = {"key": 0, "version": 1, "create": 2, "mod": 3, "value": 4}
@@ -391,6 +391,7 @@ class _Endpoint:
         "cluster",
         "lock",
         "election",
+        "auth",
     )
 
     def __init__(self, address: str) -> None:
@@ -413,6 +414,7 @@ class _Endpoint:
         self.cluster = pbg.ClusterStub(ch)
         self.lock = lockpbg.LockStub(ch)
         self.election = elpbg.ElectionStub(ch)
+        self.auth = pbg.AuthStub(ch)
 
 
 def _backoff(attempt: int) -> float:
@@ -431,13 +433,17 @@ def _resumable(err: grpc.aio.AioRpcError) -> bool:
     return err.code() in (_UNAVAILABLE, _INTERNAL)
 
 
-class Client:
+class Client(AuthMixin):
     """An asyncio etcd v3 client over one or more endpoints.
 
     `timeout` is the default per-request deadline in seconds (None: no deadline; retries then
     stop after `max_retries`); every method also takes `timeout=`. `dial_timeout` bounds the
     connection setup to one endpoint. Use it as `async with Client([...]) as c:` or call
     `await c.close()`; it owns its watches and managed leases and closes them too.
+
+    With `user=` (or `username=`) and `password=` every call carries that user's token, fetched
+    on first use and again when the server rejects it (`petcd.client.auth`); a wrong password
+    raises `ErrAuthFailed` from the first call. The Auth service calls are `AuthMixin`'s.
     """
 
     def __init__(
@@ -449,6 +455,9 @@ class Client:
         max_retries: int = 100,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        user: str | None = None,
+        password: str | None = None,
+        username: str | None = None,
     ) -> None:
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
@@ -464,6 +473,9 @@ class Client:
         self._closed = False
         self._watches: set[Watch] = set()
         self._leases: set[Lease] = set()
+        user = user or username
+        # As clientv3: credentials are used only when both are given.
+        self._token_auth = TokenAuth(user, password) if user and password else None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -579,12 +591,40 @@ class Client:
         if len(self._eps) > 1 and self._eps[self._cur] is ep:
             self._cur = (self._cur + 1) % len(self._eps)
 
+    async def _metadata(self, deadline: float | None) -> tuple[Any, int]:
+        """The `token` metadata for a call (authenticating first if never done), and the token
+        generation to hand back to `_reauth` if the server rejects it."""
+        ta = self._token_auth
+        if ta is None:
+            return None, 0
+        gen = await ta.ensure(self, deadline)
+        return ta.metadata(), gen
+
+    async def _reauth(self, details: str, gen: int, deadline: float | None) -> bool:
+        """Fetch a new token if the server rejected ours; True if the call should be retried."""
+        ta = self._token_auth
+        if ta is None or not ta.should_refresh(details):
+            return False
+        await ta.refresh(self, deadline, gen)
+        return True
+
     async def _unary(
-        self, service: str, method: str, req: Any, repeatable: bool, timeout: float | None
+        self,
+        service: str,
+        method: str,
+        req: Any,
+        repeatable: bool,
+        timeout: float | None,
+        *,
+        token: bool = True,
     ) -> Any:
         deadline = self._deadline(timeout)
         loop = asyncio.get_running_loop()
         attempt = 0
+        md, gen = (None, 0)
+        if token:
+            md, gen = await self._metadata(deadline)
+        reauthed = not token
         while True:
             ep = self._eps[self._cur]
             ch = ep.channel
@@ -596,9 +636,15 @@ class Client:
                 if remaining <= 0:
                     raise DeadlineExceeded("context deadline exceeded")
             try:
-                return await getattr(getattr(ep, service), method)(req, timeout=remaining)
+                return await getattr(getattr(ep, service), method)(
+                    req, timeout=remaining, metadata=md
+                )
             except grpc.aio.AioRpcError as e:
                 err = e
+            if not reauthed and await self._reauth(err.details() or "", gen, deadline):
+                reauthed = True  # clientv3 retries once with the new token
+                md, gen = await self._metadata(deadline)
+                continue
             if err.code() is not _UNAVAILABLE or not (repeatable or _not_sent(err)):
                 raise errors.from_grpc(err) from None
             self._rotate(ep)
@@ -785,9 +831,10 @@ class Client:
     ) -> pb.LeaseKeepAliveResponse:
         """Renew once; raises `ErrLeaseNotFound` if the lease has expired, as clientv3 does."""
         deadline = self._deadline(timeout)
+        md, _ = await self._metadata(deadline)
         ep = await self._endpoint(deadline)
         remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
-        call = ep.lease.LeaseKeepAlive(timeout=remaining)
+        call = ep.lease.LeaseKeepAlive(timeout=remaining, metadata=md)
         try:
             await call.write(pb.LeaseKeepAliveRequest(ID=lease_id))
             resp = await call.read()
@@ -869,9 +916,10 @@ class Client:
         renamed). `progress(bytes_so_far, remaining_bytes)` is called per chunk. Returns the
         number of bytes written."""
         deadline = self._deadline(timeout)
+        md, _ = await self._metadata(deadline)
         ep = await self._endpoint(deadline)
         remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
-        call = ep.maintenance.Snapshot(pb.SnapshotRequest(), timeout=remaining)
+        call = ep.maintenance.Snapshot(pb.SnapshotRequest(), timeout=remaining, metadata=md)
         path = os.fspath(path)
         part = path + ".part"
         total = 0
@@ -962,8 +1010,9 @@ class Client:
 
     async def observe(self, name: KeyLike) -> AsyncIterator[KeyValue]:
         """The current leader's kv, then each change of leader or proclaimed value."""
+        md, _ = await self._metadata(None)
         ep = await self._endpoint(None)
-        call = ep.election.Observe(elpb.LeaderRequest(name=_b(name)))
+        call = ep.election.Observe(elpb.LeaderRequest(name=_b(name)), metadata=md)
         try:
             async for resp in call:
                 yield resp.kv
@@ -996,6 +1045,7 @@ class Watch:
         self._buf: deque[mvccpb.Event] = deque()
         self._closed = False
         self._attempt = 0
+        self._auth_retries = 0
 
     async def __aenter__(self) -> Watch:
         return self
@@ -1054,7 +1104,8 @@ class Watch:
                 await self._pause()
                 continue
             req = pb.WatchCreateRequest(start_revision=self.next_revision, **self._create)
-            call = ep.watch.Watch()
+            md, gen = await client._metadata(None)
+            call = ep.watch.Watch(metadata=md)
             try:
                 await call.write(pb.WatchRequest(create_request=req))
                 resp = await call.read()
@@ -1071,8 +1122,19 @@ class Watch:
                 continue
             if resp.canceled or resp.compact_revision:
                 call.cancel()
+                # A rejected token cancels the create: re-authenticate and create again, as
+                # clientv3's shouldRetryWatch does.
+                if (
+                    resp.canceled
+                    and not resp.compact_revision
+                    and self._auth_retries < 3
+                    and await client._reauth(resp.cancel_reason, gen, None)
+                ):
+                    self._auth_retries += 1
+                    continue
                 await self.close()
                 self._raise_canceled(resp)
+            self._auth_retries = 0
             self.watch_id = resp.watch_id
             if self.next_revision == 0:
                 # Resume from just after the revision the watch started at.
@@ -1225,9 +1287,11 @@ class Lease:
             if loop.time() >= self._deadline:
                 break  # no renewal got through in time: the server has let it go
             call = None
+            gen = 0
             try:
+                md, gen = await client._metadata(self._deadline)
                 ep = await client._endpoint(self._deadline)
-                call = ep.lease.LeaseKeepAlive()
+                call = ep.lease.LeaseKeepAlive(metadata=md)
                 while True:
                     await call.write(pb.LeaseKeepAliveRequest(ID=self.id))
                     resp = await call.read()
@@ -1241,8 +1305,16 @@ class Lease:
                     self.ttl = resp.TTL
                     self._deadline = loop.time() + resp.TTL
                     await asyncio.sleep(max(resp.TTL / 3.0, 0.05))
-            except (grpc.aio.AioRpcError, Unavailable, ClientClosed) as e:
-                if isinstance(e, ClientClosed) or (
+            except (grpc.aio.AioRpcError, errors.RpcError, ClientClosed) as e:
+                details = e.details() if isinstance(e, grpc.aio.AioRpcError) else ""
+                if client._token_auth is not None and client._token_auth.should_refresh(
+                    details or ""
+                ):
+                    # The token was dropped: fetch another and keep renewing (a failure is
+                    # retried like any other until the lease's deadline).
+                    with contextlib.suppress(errors.ClientError):
+                        await client._reauth(details or "", gen, self._deadline)
+                elif isinstance(e, ClientClosed) or (
                     isinstance(e, grpc.aio.AioRpcError) and not _resumable(e)
                 ):
                     break

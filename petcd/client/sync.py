@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 from petcd.client import aio
+from petcd.client.auth import AUTH_METHODS
 from petcd.client.errors import ClientClosed
 from petcd.proto.etcdserverpb import rpc_pb2 as pb
 from petcd.proto.mvccpb import kv_pb2 as mvccpb
@@ -53,6 +54,9 @@ class SyncClient:
         max_retries: int = 100,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        user: str | None = None,
+        password: str | None = None,
+        username: str | None = None,
     ) -> None:
         self._loop = _new_loop()
         self._thread = threading.Thread(
@@ -68,6 +72,9 @@ class SyncClient:
                 max_retries=max_retries,
                 credentials=credentials,
                 options=options,
+                user=user,
+                password=password,
+                username=username,
             )
 
         self._closed = False
@@ -177,6 +184,7 @@ for _name in (
     "proclaim",
     "leader",
     "resign",
+    *AUTH_METHODS,
 ):
     setattr(SyncClient, _name, _blocking(_name))
 
