@@ -104,6 +104,8 @@ class TokenAuth:
         self.token: str | None = None
         self.fetched = False  # authenticated at least once (the token may be None: auth off)
         self.generation = 0  # bumped on every fetch, so concurrent refreshes collapse to one
+        # The "authentication is not enabled" answer of the last fetch (petcdctl logs it).
+        self.not_enabled: errors.ClientError | None = None
         self._lock = asyncio.Lock()
 
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
@@ -111,7 +113,8 @@ class TokenAuth:
 
     @staticmethod
     def should_refresh(details: str) -> bool:
-        return details in _REFRESH
+        # A watch's cancel reason is the whole gRPC status text: "rpc error: code = ... desc = ".
+        return details.rpartition(" desc = ")[2] in _REFRESH
 
     async def refresh(self, client: Any, deadline: float | None, seen: int | None) -> None:
         """Fetch a token unless another caller did since generation `seen` (None: always)."""
@@ -125,10 +128,12 @@ class TokenAuth:
             try:
                 resp = await client._unary("auth", "Authenticate", req, True, timeout, token=False)
                 token: str | None = resp.token
+                self.not_enabled = None
             except errors.EtcdServerError as e:
                 if e.details != _AUTH_NOT_ENABLED:
                     raise
                 token = None
+                self.not_enabled = e
             self.token = token
             self.fetched = True
             self.generation += 1

@@ -201,12 +201,17 @@ class Ctx:
             ("grpc.keepalive_time_ms", int(self.fs["keepalive-time"] * 1000)),
             ("grpc.keepalive_timeout_ms", int(self.fs["keepalive-timeout"] * 1000)),
         ]
+        from petcd.ctl.auth import auth_config
+
+        user, password = auth_config(self)
         c = aio.Client(
             eps,
             timeout=self.timeout,
             dial_timeout=self.fs["dial-timeout"],
             credentials=self._credentials(),
             options=opts,
+            user=user,
+            password=password,
         )
         self._clients.append(c)
         return c
@@ -232,6 +237,14 @@ class Ctx:
 
     async def call(self, aw: Awaitable[Any], code: int = EXIT_ERROR, wrap: str = "%s") -> Any:
         """Await a unary call; failures exit like etcdctl's `ExitWithError(code, err)`."""
+        from petcd.ctl.auth import login
+
+        try:
+            await login(self)  # --user: authenticate first, as clientv3 does at dial
+        except BaseException:
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise
         try:
             return await aw
         except cerr.ClientError as e:
@@ -1298,9 +1311,9 @@ def _load_extra_commands() -> None:
     if _EXTRA_LOADED:
         return
     _EXTRA_LOADED = True
-    from petcd.ctl import check, member, mirror, snapshot
+    from petcd.ctl import auth, check, member, mirror, snapshot
 
-    for mod in (member, mirror, check, snapshot):
+    for mod in (member, mirror, check, snapshot, auth):
         mod.register(ROOT)
     ROOT.subs.sort(key=lambda c: c.name)
 
