@@ -710,9 +710,9 @@ class EtcdServer:
                 if rd.snapshot is not None:
                     await self._install_snapshot(rd.snapshot)
                 if rd.entries or rd.hard_state is not None:
-                    if len(self._waits) <= len(rd.entries):
-                        # Nobody else is waiting to write: nothing to batch, so skip two
-                        # thread hand-offs and fsync right here.
+                    if not rd.must_sync or len(self._waits) <= len(rd.entries):
+                        # Nothing to fsync (only the commit index moved), or nobody else is
+                        # waiting to write: skip two thread hand-offs and write right here.
                         self._persist_inline(rd)
                     else:
                         # Other writers are waiting: fsync off the loop so their proposals
