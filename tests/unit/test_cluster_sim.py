@@ -23,7 +23,15 @@ member); no request applied twice. At the end: the history is linearizable
 (tests/lincheck.py), every acknowledged write is in the applied log, and all
 members converge to the state a replay of the log gives.
 
-Replay one seed: PETCD_SIM_SEED=<n>; run n seeds: PETCD_SIM_SEEDS=<n>.
+Modes: "server" (the default) schedules Ready handling as petcd's server does: a
+leader sends a Ready's messages before its fsync, a follower after it, and an
+fsync may stay in flight across rounds while the node keeps stepping peer
+messages, ticks, proposals and ReadIndex requests (a crash then loses the whole
+Ready, after the leader's messages went out). "persist_first" persists every
+Ready before sending anything.
+
+Replay one seed: PETCD_SIM_SEED=<n> [PETCD_SIM_MODE=server|persist_first];
+run n seeds: PETCD_SIM_SEEDS=<n>.
 """
 
 from __future__ import annotations
@@ -117,6 +125,9 @@ class Member:
         self.writes: dict[int, Request] = {}  # rid -> proposed here, awaiting apply
         self.reads: dict[bytes, Request] = {}  # ReadIndex ctx -> awaiting its read state
         self.ready_reads: list[tuple[int, Request]] = []  # (read index, request)
+        self.lead = 0  # the leader as the last Ready's soft state said (the server's self.lead)
+        self.pending: tuple[Ready, int] | None = None  # (Ready, crash stage) being fsynced
+        self.sent_unpersisted = False  # a leader's Ready went out, its fsync not yet done
 
     @property
     def alive(self) -> bool:
@@ -131,12 +142,23 @@ class Sim:
         unsafe_reads: bool = False,
         early_ack: bool = False,
         send_first: bool = False,
+        leader_send_first: bool = False,
     ) -> None:
         self.seed = seed
         # Deliberately broken modes, to show that the checks catch bugs.
         self.unsafe_reads = unsafe_reads  # serve gets from local state, no ReadIndex
         self.early_ack = early_ack  # acknowledge a write once proposed, not applied
         self.send_first = send_first  # send a Ready's messages before persisting it
+        # What petcd's server does (etcdserver._raft_loop / _run_cycle_inline, etcd's
+        # raftNode too): a LEADER sends its Ready's messages before its own fsync (Raft
+        # thesis 10.2.1), a follower only after. The fsync may run off the event loop,
+        # so peer messages, ticks, proposals and ReadIndex requests are stepped into
+        # the node while it is in flight; the next Ready is taken only after advance.
+        self.leader_send_first = leader_send_first
+        # Its own stream, so the other modes replay their seeds exactly as before.
+        self.io_rng = random.Random(seed * 1_000_003 + 17)
+        self.p_slow_fsync = self.io_rng.choice([0.0, 0.3, 0.7]) if leader_send_first else 0.0
+        self.p_fsync_done = self.io_rng.choice([0.2, 0.5, 0.9])
         rng = self.rng = random.Random(seed)
         n = rng.choice([3, 5])
         self.ids = list(range(1, n + 1))
@@ -171,6 +193,14 @@ class Sim:
         self.log_pairs: dict[tuple[int, int], tuple[bytes, int]] = {}  # (i, t) -> data, prev term
         self.acked: set[int] = set()
         self.stats = {"crash": 0, "mid_ready_crash": 0, "snap_installed": 0, "restart": 0}
+        if leader_send_first:
+            # A crash while a leader's fsync is in flight, after it sent that Ready.
+            self.stats |= {
+                "slow_fsync": 0,
+                "crash_in_fsync": 0,
+                "leader_sent_early": 0,
+                "leader_crash_after_send": 0,
+            }
         for m in self.members.values():
             m.node = RawNode(self._config(m.id, 0), m.storage, peers=self.ids)
         for m in self.members.values():
@@ -198,7 +228,14 @@ class Sim:
 
     def crash(self, m: Member) -> None:
         self.stats["crash"] += 1
+        if m.pending is not None:
+            self.stats["crash_in_fsync"] += 1
+        if m.sent_unpersisted:
+            self.stats["leader_crash_after_send"] += 1
+            m.sent_unpersisted = False
         m.node = None
+        m.pending = None  # the fsync in flight never completed: nothing of it is durable
+        m.lead = 0
         # Its clients see the connection drop: a write's fate is unknown; a read is retried.
         for req in list(m.writes.values()):
             self.give_up(req.client)
@@ -222,30 +259,53 @@ class Sim:
         else:
             m.kv, m.chain = {}, 0
         m.applied = snap.metadata.index
+        m.lead = 0
         m.node = RawNode(self._config(m.id, m.applied), m.storage)
 
     # -- Ready handling ------------------------------------------------------------
 
     def process(self, m: Member) -> None:
         try:
+            if m.pending is not None:
+                if self.io_rng.random() >= self.p_fsync_done:
+                    return  # the fsync is still running
+                (rd, stage), m.pending = m.pending, None
+                self.finish_ready(m, rd, stage)
             while m.node is not None and m.node.has_ready():
-                self.handle_ready(m, m.node.ready())
+                rd = m.node.ready()
+                stage = self.begin_ready(m, rd)
+                if self.p_slow_fsync and self.io_rng.random() < self.p_slow_fsync:
+                    # Persisted off the loop: the node keeps stepping meanwhile.
+                    self.stats["slow_fsync"] += 1
+                    m.pending = (rd, stage)
+                    return
+                self.finish_ready(m, rd, stage)
         except Crash:
             self.stats["mid_ready_crash"] += 1
             self.crash(m)
 
-    def handle_ready(self, m: Member, rd: Ready) -> None:
-        node = m.node
-        assert node is not None
-        st = m.storage
+    def begin_ready(self, m: Member, rd: Ready) -> int:
+        """Take a Ready: what happens before the fsync point. Returns the crash stage."""
         stage = -1
         if self.p_torn and self.rng.random() < self.p_torn:
             stage = self.rng.randrange(5)
-        if self.send_first:
+        if rd.soft_state is not None:
+            m.lead = rd.soft_state.lead
+        if self.send_first or (self.leader_send_first and m.lead == m.id and rd.messages):
+            if not self.send_first:
+                self.stats["leader_sent_early"] += 1
+                m.sent_unpersisted = bool(rd.entries)
             for msg in rd.messages:
                 self.send(msg)
+            rd.messages = []
         if stage == 0:
             raise Crash  # nothing of this Ready became durable
+        return stage
+
+    def finish_ready(self, m: Member, rd: Ready, stage: int) -> None:
+        node = m.node
+        assert node is not None
+        st = m.storage
         # Persist (the fsync point): snapshot, then entries + hard state as one WAL write.
         if rd.snapshot is not None:
             st.apply_snapshot(rd.snapshot)
@@ -257,11 +317,11 @@ class Sim:
         if rd.hard_state is not None:
             st.set_hard_state(rd.hard_state)
         self.persist_entries(st, rd.entries)
+        m.sent_unpersisted = False
         if stage == 2:
             raise Crash  # durable, but nothing sent
-        if not self.send_first:
-            for msg in rd.messages:
-                self.send(msg)
+        for msg in rd.messages:  # empty if sent before the fsync
+            self.send(msg)
         if stage == 3:
             raise Crash
         if rd.snapshot is not None:
@@ -522,6 +582,8 @@ class Sim:
         self.drop = self.dup = 0.0
         self.p_torn = 0.0
         for m in self.members.values():
+            if m.pending is not None:
+                m.pending = (m.pending[0], -1)  # a crash drawn before the heal: cancelled
             if not m.alive:
                 self.restart(m)
         for _ in range(2 * self.timeout + 10 * ELECTION_TICK):
@@ -586,20 +648,26 @@ def _term(st: MemoryStorage, i: int) -> int:
         return -1
 
 
-def run_seed(seed: int) -> Sim:
-    sim = Sim(seed)
+# The server's schedule (leader sends before its fsync, fsyncs overlap stepping) is
+# the default; "persist_first" (everyone persists, then sends) is the textbook order.
+MODES = {"server": {"leader_send_first": True}, "persist_first": {}}
+
+
+def run_seed(seed: int, mode: str = "server") -> Sim:
+    sim = Sim(seed, **MODES[mode])
     try:
         sim.run()
     except AssertionError as e:
         raise AssertionError(
-            f"cluster sim failed with seed {seed} (replay: PETCD_SIM_SEED={seed} "
-            f"pytest tests/unit/test_cluster_sim.py): {e}"
+            f"cluster sim ({mode}) failed with seed {seed} (replay: PETCD_SIM_SEED={seed} "
+            f"PETCD_SIM_MODE={mode} pytest tests/unit/test_cluster_sim.py): {e}"
         ) from e
     return sim
 
 
 CHUNKS = 4
 _one = os.environ.get("PETCD_SIM_SEED")
+_one_mode = os.environ.get("PETCD_SIM_MODE", "server")
 N_SEEDS = int(os.environ.get("PETCD_SIM_SEEDS", "160"))
 
 
@@ -607,10 +675,18 @@ N_SEEDS = int(os.environ.get("PETCD_SIM_SEEDS", "160"))
 def test_random_schedules(chunk: int) -> None:
     if _one is not None:
         if chunk == 0:
-            run_seed(int(_one))
+            run_seed(int(_one), _one_mode)
         return
     for seed in range(chunk, N_SEEDS, CHUNKS):
-        run_seed(seed)
+        run_seed(seed, "server")
+
+
+@pytest.mark.parametrize("chunk", range(CHUNKS))
+def test_random_schedules_persist_first(chunk: int) -> None:
+    if _one is not None:
+        return
+    for seed in range(chunk, N_SEEDS // 2, CHUNKS):
+        run_seed(seed, "persist_first")
 
 
 def test_history_is_rich() -> None:
