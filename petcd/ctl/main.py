@@ -1311,39 +1311,20 @@ def _load_extra_commands() -> None:
     if _EXTRA_LOADED:
         return
     _EXTRA_LOADED = True
-    from petcd.ctl import auth, check, member, mirror, snapshot
+    from petcd.ctl import auth, check, completion, help, member, mirror, snapshot
 
-    for mod in (member, mirror, check, snapshot, auth):
+    for mod in (member, mirror, check, snapshot, auth, help, completion):
         mod.register(ROOT)
     ROOT.subs.sort(key=lambda c: c.name)
+    for c in ROOT.subs:
+        c.subs.sort(key=lambda s: s.name)
 
 
 def usage(cmd: Command) -> str:
     """etcdctl's usage text for a command (printed on stdout after a flag error)."""
-    name = cmd.path() if cmd.parent is not None else cmd.name
-    use = cmd.use if cmd.parent is None or cmd.parent.parent is None else cmd.use
-    line = "etcdctl " + (
-        (cmd.parent.path() + " " if cmd.parent and cmd.parent.parent else "") + use
-    )
-    local = cmd.flags + cmd.persistent + [Flag("help", "bool", False, f"help for {cmd.name}", "h")]
-    inherited: list[Flag] = list(GLOBAL_FLAGS)
-    p = cmd.parent
-    while p is not None:
-        inherited = p.persistent + inherited
-        p = p.parent
-    parts = [f"NAME:\n\t{name} - {cmd.short}\n\nUSAGE:\n\t{line} [flags]\n"]
-    if cmd.subs:
-        parts.append(f"\nAPI VERSION:\n\t{API_VERSION}\n\n\nCOMMANDS:\n")
-        cell = -(-(max(len(c.name) for c in cmd.subs) + 1) // 8) * 8
-        parts.extend(
-            f"\t{c.name}" + "\t" * -(-(cell - len(c.name)) // 8) + c.short + "\n" for c in cmd.subs
-        )
-    parts.append("\nOPTIONS:\n" + "".join(x + "\n" for x in FlagSet(local).usage_lines()))
-    parts.append(
-        "\nGLOBAL OPTIONS:\n" + "".join(x + "\n" for x in FlagSet(inherited).usage_lines())
-    )
-    parts.append("\n")
-    return "".join(parts)
+    from petcd.ctl.help import render
+
+    return render(cmd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1441,6 +1422,10 @@ def _run(argv: list[str]) -> int:
         sys.stderr.write(f"unsupported API version {api}\n")
         return EXIT_ERROR
     _load_extra_commands()
+    if argv and argv[0] in ("__complete", "__completeNoDesc"):
+        from petcd.ctl.completion import complete  # cobra's hidden completion request
+
+        return complete(ROOT, argv[1:], descriptions=argv[0] == "__complete")
     cmd, rest = _find_command(argv)
     if cmd.run is None:
         # A command group without a subcommand: cobra prints its usage and succeeds.
@@ -1468,7 +1453,7 @@ def _run(argv: list[str]) -> int:
     extra = {"ETCDCTL_WATCH_KEY", "ETCDCTL_WATCH_RANGE_END"} if cmd.name == "watch" else set()
     _apply_env(fs, inherited_names + ["value-format"], extra)
     ctx = Ctx(cmd, fs, dash)
-    if cmd.name not in ("version",):
+    if cmd.path().split(" ")[0] not in ("version", "help", "completion"):
         ctx.init_display()
     try:
         asyncio.run(_run_async(cmd, ctx, args))
