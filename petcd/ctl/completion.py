@@ -80,7 +80,8 @@ def register(root: Command) -> None:
         sub.parent = group
         group.subs.append(sub)
         help.LONG.setdefault(sub.path(), LONGS[sub.path()])
-        help.NO_FLAGS_IN_USE.add(sub.path())
+        if shell == "bash":  # cobra sets DisableFlagsInUseLine on the bash one only
+            help.NO_FLAGS_IN_USE.add(sub.path())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,36 +106,36 @@ def _flags_of(cmd: Command) -> tuple[list[Flag], list[Flag]]:
     return sorted(inherited, key=lambda f: f.name), sorted(local, key=lambda f: f.name)
 
 
-def _walk(root: Command, args: list[str]) -> tuple[Command | None, list[str]]:
-    """cobra's Find over the words before the one being completed: the command, and the
-    remaining words (flags and positional arguments). None for an unknown root argument."""
+def _walk(root: Command, args: list[str]) -> tuple[Command | None, list[str], list[str]]:
+    """cobra's Find over the words before the one being completed: the command, the flag words
+    and the positional arguments. None for an unknown word at the root."""
     from petcd.ctl.main import GLOBAL_FLAGS
 
     takes_value = {f"--{f.name}" for f in GLOBAL_FLAGS if f.kind != "bool"}
     takes_value |= {f"-{f.short}" for f in GLOBAL_FLAGS if f.short and f.kind != "bool"}
-    cmd, rest, i = root, [], 0
+    cmd, flags, pos, i = root, [], [], 0
     while i < len(args):
         a = args[i]
         if a in takes_value:
-            rest.extend(args[i : i + 2])
+            flags.extend(args[i : i + 2])
             i += 2
             continue
-        if a.startswith("-") or rest and not rest[-1].startswith("-"):
-            rest.append(a)
-        elif cmd.subs and (nxt := cmd.find(a)) is not None:
+        if a.startswith("-"):
+            flags.append(a)
+        elif not pos and cmd.subs and (nxt := cmd.find(a)) is not None:
             cmd = nxt
         elif cmd is root:
-            return None, rest
+            return None, flags, pos
         else:
-            rest.append(a)
+            pos.append(a)
         i += 1
-    return cmd, rest
+    return cmd, flags, pos
 
 
 def complete(root: Command, args: list[str], descriptions: bool = True) -> int:
     """Answer `__complete <args...> <word>` as cobra does; returns the exit code (0)."""
     word = args[-1] if args else ""
-    cmd, rest = _walk(root, args[:-1])
+    cmd, rest, pos = _walk(root, args[:-1])
     comps: list[tuple[str, str]] = []
     directive = DIRECTIVE_DEFAULT
     if cmd is None:
@@ -162,11 +163,11 @@ def complete(root: Command, args: list[str], descriptions: bool = True) -> int:
                         comps.append((f"-{f.short}", f.usage))
         elif cmd.name == "help" and cmd.parent is root:
             # the help command completes command names, as far as they go
-            target, extra = _walk(root, [a for a in rest if not a.startswith("-")])
+            target, _, extra = _walk(root, pos)
             directive = DIRECTIVE_NO_FILE_COMP
             if target is not None and not extra:
                 comps = [(s.name, s.short) for s in target.subs if s.name.startswith(word)]
-        elif cmd.subs and not [r for r in rest if not r.startswith("-")]:
+        elif cmd.subs and not pos:
             directive = DIRECTIVE_NO_FILE_COMP
             comps = [(s.name, s.short) for s in cmd.subs if s.name.startswith(word)]
         elif cmd.parent is not None and cmd.parent.name == "completion":

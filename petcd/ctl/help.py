@@ -166,8 +166,9 @@ def _command_path(cmd: Command) -> str:
     return " ".join(reversed(names))
 
 
-def render(cmd: Command) -> str:
-    """etcdctl's usage text for `cmd` (what `--help`, `help <cmd>` and flag errors print)."""
+def render(cmd: Command, help_flag: bool = True) -> str:
+    """etcdctl's usage text for `cmd` (what `--help`, `help <cmd>` and flag errors print).
+    Without `help_flag` (cobra adds --help only to the command it runs or shows help for)."""
     from petcd.ctl.main import API_VERSION, GLOBAL_FLAGS, VERSION
 
     root = _root(cmd)
@@ -187,8 +188,9 @@ def render(cmd: Command) -> str:
     if long:
         t.append("\nDESCRIPTION:\n")
         t.extend(f"\t{line}\n" for line in long.strip("\n\t ").split("\n"))
-    help_flag = Flag("help", "bool", False, HELP_FLAG_USAGE % cmd.name, "h")
-    local = cmd.flags + cmd.persistent + [help_flag]
+    local = cmd.flags + cmd.persistent
+    if help_flag:
+        local = local + [Flag("help", "bool", False, HELP_FLAG_USAGE % cmd.name, "h")]
     inherited: list[Flag] = []
     p = cmd.parent
     while p is not None:
@@ -237,7 +239,8 @@ async def cmd_help(ctx: Ctx, args: list[str]) -> None:
     target = _find(root, args)
     if target is None:
         sys.stderr.write(f"Unknown help topic {_go_hash_q(args)}\n")
-        target = root
+        out(render(root, help_flag=False))
+        return
     out(render(target))
 
 
