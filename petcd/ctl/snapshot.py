@@ -15,6 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from petcd.ctl.flags import Flag
+from petcd.ctl.gofmt import humanize_bytes
 from petcd.ctl.main import Command, fail
 from petcd.ctl.printer import JSONPrinter
 from petcd.server.restore import RestoreError, restore, snapshot_status
@@ -58,6 +59,15 @@ async def cmd_snapshot_restore(ctx: Ctx, args: list[str]) -> None:
     if len(args) != 1:
         fail(EXIT_BAD_ARGS, "snapshot restore requires exactly one argument")
     name = ctx["name"]
+    tty = sys.stderr.isatty()
+
+    def progress(done: int, total: int) -> None:
+        # beyond etcdctl: progress on a terminal, as `snapshot save` shows it
+        if tty:
+            pct = f" {100 * done // total:3d}%" if total else ""
+            sys.stderr.write(f"\r{humanize_bytes(done)} restored{pct}\x1b[K")
+            sys.stderr.flush()
+
     try:
         restore(
             args[0],
@@ -69,9 +79,14 @@ async def cmd_snapshot_restore(ctx: Ctx, args: list[str]) -> None:
             initial_advertise_peer_urls=ctx["initial-advertise-peer-urls"].split(","),
             skip_hash_check=ctx["skip-hash-check"],
             logger=_zap,
+            progress=progress,
         )
     except RestoreError as e:
+        if tty:
+            sys.stderr.write("\n")
         fail(EXIT_ERROR, str(e))
+    if tty:
+        sys.stderr.write("\n")
 
 
 def register(root: Command) -> None:

@@ -102,11 +102,13 @@ def restore(
     initial_advertise_peer_urls: str | list[str] = "http://localhost:2380",
     skip_hash_check: bool = False,
     logger: Logger | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Build a data dir for member ``name`` of a new cluster from a snapshot file.
 
     Raises RestoreError (nothing is left behind once the data dir was created by us).
-    ``logger(msg, caller, **fields)`` receives etcdctl's log lines.
+    ``logger(msg, caller, **fields)`` receives etcdctl's log lines; ``progress(copied,
+    total)`` is called as the database image is copied.
     """
     lg = logger or _no_log
     try:
@@ -146,7 +148,7 @@ def restore(
         created.append(os.path.join(data_dir, "member"))
     try:
         with src:
-            _copy_and_verify(src, snapshot_path, snap_dir, skip_hash_check)
+            _copy_and_verify(src, snapshot_path, snap_dir, skip_hash_check, progress)
         ids = {n: member_id(u, initial_cluster_token) for n, u in initial.items()}
         cid = cluster_id(list(ids.values()))
         cluster = RaftCluster(cid, ids[name])
@@ -167,7 +169,13 @@ def _os_reason(e: OSError) -> str:
     return (e.strerror or str(e)).lower()
 
 
-def _copy_and_verify(src: Any, path: str, snap_dir: str, skip_hash_check: bool) -> None:
+def _copy_and_verify(
+    src: Any,
+    path: str,
+    snap_dir: str,
+    skip_hash_check: bool,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     size = os.fstat(src.fileno()).st_size
     if size < SHA256_SIZE:
         # etcd's Seek(-32, SeekEnd) fails on such a file
@@ -194,6 +202,8 @@ def _copy_and_verify(src: Any, path: str, snap_dir: str, skip_hash_check: bool) 
             view = memoryview(buf)
             while view:
                 view = view[os.write(fd, view) :]
+            if progress is not None:
+                progress(image - left, image)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -363,11 +363,16 @@ def test_restore_api_without_cli(petcd_source, tmp_path):
     from petcd.server.restore import RestoreError, restore
 
     d = tmp_path / "api"
+    seen: list[tuple[int, int]] = []
     restore(
         petcd_source.snap, name="x", data_dir=str(d), initial_cluster="x=http://127.0.0.1:1",
         initial_cluster_token="t", initial_advertise_peer_urls=["http://127.0.0.1:1"],
+        progress=lambda done, total: seen.append((done, total)),
     )  # fmt: skip
     assert sorted(os.listdir(d / "member")) == ["snap", "wal"]
+    image = os.path.getsize(petcd_source.snap) - 32  # the sha256 trailer is not copied
+    assert seen and seen[-1] == (image, image)
+    assert all(a[0] < b[0] for a, b in zip(seen, seen[1:], strict=False))
     with pytest.raises(RestoreError, match="exists"):
         restore(petcd_source.snap, name="x", data_dir=str(d), initial_cluster="x=http://127.0.0.1:1",
                 initial_advertise_peer_urls="http://127.0.0.1:1")  # fmt: skip
