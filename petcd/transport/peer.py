@@ -111,6 +111,7 @@ class PeerStats:
     dropped: int = 0
     snapshots_sent: int = 0
     snapshots_failed: int = 0
+    deactivations: int = 0  # times the stream to the peer failed after being active
 
 
 def _hex(n: int) -> str:
@@ -811,6 +812,7 @@ class Transport:
     def _deactivate(self, p: _Peer, reason: str) -> None:
         if p.active_since is not None:
             p.active_since = None
+            p.stats.deactivations += 1
             _log.warning(
                 "peer became inactive (message send to peer failed)",
                 peer_id=_hex(p.id),
