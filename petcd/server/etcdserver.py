@@ -1151,12 +1151,13 @@ class EtcdServer:
         self._snapshot_index = meta.index
         self._conf_state = meta.conf_state
         self.applied_index = meta.index
-        if self.transport is not None:
+        tr = self.transport
+        if tr is not None:
             for mem in self.cluster.members.values():
-                self.transport.add_peer(mem.id, list(mem.peer_urls))
-        for pid in list(self.transport._peers) if self.transport is not None else []:
-            if pid not in self.cluster.members:
-                self.transport.remove_peer(pid)
+                tr.add_peer(mem.id, list(mem.peer_urls))
+            for pid in tr.peer_ids():
+                if pid not in self.cluster.members:
+                    tr.remove_peer(pid)
         _log.info("applied snapshot", **{"applied-index": meta.index,
                                          "consistent-index": self.kv.consistent_index})
 

@@ -707,6 +707,9 @@ class Transport:
             updated_remote_peer_urls=urls,
         )
 
+    def peer_ids(self) -> list[int]:
+        return list(self._peers)
+
     def active_since(self, peer_id: int) -> float | None:
         """Wall-clock time (time.time()) the stream to peer_id became active, or None."""
         p = self._peers.get(peer_id)
