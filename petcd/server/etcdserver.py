@@ -1257,7 +1257,7 @@ def _join_cluster(
     if not remote:
         raise RuntimeError("cannot fetch cluster info from peer urls")
     info = json.loads(remote)
-    members = [Member.from_json(json.dumps(d).encode()) for d in info["members"]]
+    members = [Member.from_dict(d) for d in info["members"]]
     local_urls = sorted(u for urls in initial.values() for u in urls)
     remote_urls = sorted(u for m in members for u in m.peer_urls)
     if local_urls != remote_urls:

@@ -24,27 +24,25 @@ class LeaderForwarder:
         self._target = ""
         self._channel: grpc.aio.Channel | None = None
 
-    async def _channels(self) -> list[tuple[str, grpc.aio.Channel]]:
+    async def _channel_to_leader(self) -> grpc.aio.Channel:
+        """A channel to the leader's first client URL (gRPC reconnects by itself), replaced
+        when the leader or its URL changes."""
         srv = self.srv
         lead = srv.cluster.members.get(srv.lead) if srv.lead else None
         if lead is None or not lead.client_urls or srv.lead == srv.id:
             raise ErrNoLeader()
-        out = []
-        for url in lead.client_urls:
-            u = urlsplit(url)
-            target = f"{u.hostname}:{u.port or 2379}"
-            if target != self._target or self._channel is None:
-                if self._channel is not None:
-                    self._close_later(self._channel)
-                self._target = target
-                if u.scheme == "https":
-                    creds = await asyncio.to_thread(self._credentials, u)  # may dial (auto-TLS)
-                    self._channel = grpc.aio.secure_channel(target, creds)
-                else:
-                    self._channel = grpc.aio.insecure_channel(target)
-            out.append((target, self._channel))
-            break  # one channel; gRPC reconnects by itself
-        return out
+        u = urlsplit(lead.client_urls[0])
+        target = f"{u.hostname}:{u.port or 2379}"
+        if target != self._target or self._channel is None:
+            if self._channel is not None:
+                self._close_later(self._channel)
+            self._target = target
+            if u.scheme == "https":
+                creds = await asyncio.to_thread(self._credentials, u)  # may dial (auto-TLS)
+                self._channel = grpc.aio.secure_channel(target, creds)
+            else:
+                self._channel = grpc.aio.insecure_channel(target)
+        return self._channel
 
     def _credentials(self, u) -> grpc.ChannelCredentials:
         """TLS to the leader's client listener: --trusted-ca-file (else the system roots)
@@ -69,37 +67,37 @@ class LeaderForwarder:
 
     async def unary(self, method: str, raw: bytes) -> bytes:
         """Call ``method`` on the leader with the request bytes; its error becomes ours."""
-        timeout = self.srv.request_timeout_s
-        for _target, ch in await self._channels():
-            try:
-                return await ch.unary_unary(method)(raw, timeout=timeout)
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise ErrTimeout() from None
-                raise from_status(e.code(), e.details() or "") from None
-        raise ErrNoLeader()
+        ch = await self._channel_to_leader()
+        try:
+            return await ch.unary_unary(method)(raw, timeout=self.srv.request_timeout_s)
+        except grpc.aio.AioRpcError as e:
+            raise _error(e) from None
 
     async def lease_renew(self, lease_id: int) -> int:
         """Renew on the leader; returns the TTL (0: the lease does not exist)."""
-        timeout = self.srv.request_timeout_s
-        for _target, ch in await self._channels():
-            call = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")(timeout=timeout)
-            try:
-                await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id).SerializeToString())
-                raw = await call.read()
-                await call.done_writing()
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise ErrTimeout() from None
-                raise from_status(e.code(), e.details() or "") from None
-            finally:
-                call.cancel()
-            if raw is grpc.aio.EOF:
-                raise ErrNoLeader()
-            return rpc_pb2.LeaseKeepAliveResponse.FromString(raw).TTL
-        raise ErrNoLeader()
+        ch = await self._channel_to_leader()
+        call = ch.stream_stream("/etcdserverpb.Lease/LeaseKeepAlive")(
+            timeout=self.srv.request_timeout_s
+        )
+        try:
+            await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id).SerializeToString())
+            raw = await call.read()
+            await call.done_writing()
+        except grpc.aio.AioRpcError as e:
+            raise _error(e) from None
+        finally:
+            call.cancel()
+        if raw is grpc.aio.EOF:
+            raise ErrNoLeader()
+        return rpc_pb2.LeaseKeepAliveResponse.FromString(raw).TTL
 
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+
+
+def _error(e: grpc.aio.AioRpcError) -> Exception:
+    if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return ErrTimeout()
+    return from_status(e.code(), e.details() or "")

@@ -23,20 +23,20 @@ class Member:
     client_urls: list[str] = field(default_factory=list)
     is_learner: bool = False
 
+    def to_dict(self) -> dict:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "peerURLs": self.peer_urls,
+            "clientURLs": self.client_urls,
+            "isLearner": self.is_learner,
+        }
+
     def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "id": self.id,
-                "name": self.name,
-                "peerURLs": self.peer_urls,
-                "clientURLs": self.client_urls,
-                "isLearner": self.is_learner,
-            }
-        ).encode()
+        return json.dumps(self.to_dict()).encode()
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Member:
-        d = json.loads(raw)
+    def from_dict(cls, d: dict) -> Member:
         return cls(
             id=int(d["id"]),
             name=d.get("name", ""),
@@ -44,6 +44,10 @@ class Member:
             client_urls=list(d.get("clientURLs", [])),
             is_learner=bool(d.get("isLearner", False)),
         )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Member:
+        return cls.from_dict(json.loads(raw))
 
 
 class RaftCluster:
@@ -102,7 +106,7 @@ class RaftCluster:
         return json.dumps(
             {
                 "clusterID": self.cluster_id,
-                "members": [json.loads(m.to_json()) for m in self.member_list()],
+                "members": [m.to_dict() for m in self.member_list()],
                 "removed": sorted(self.removed),
             }
         ).encode()
@@ -110,7 +114,7 @@ class RaftCluster:
     def to_snapshot(self) -> bytes:
         return json.dumps(
             {
-                "members": [json.loads(m.to_json()) for m in self.member_list()],
+                "members": [m.to_dict() for m in self.member_list()],
                 "version": self.version,
             }
         ).encode()
