@@ -45,7 +45,6 @@ from dataclasses import dataclass
 import pytest
 
 from petcd.raft import (
-    CompactedError,
     MemoryStorage,
     ProposalDropped,
     RaftConfig,
@@ -56,27 +55,11 @@ from petcd.raft import (
 )
 from petcd.raft.types import Entry, EntryType, Message, MessageType
 from tests.lincheck import CAS, DELETE, GET, PUT, UNKNOWN, Op, Recorder, check
+from tests.unit.test_raft_sim import _term_of as _term
+from tests.unit.test_raft_sim import wire_copy
 
 KEYS = ("a", "b", "c")
 ELECTION_TICK = 10
-
-
-def wire_copy(m: Message) -> Message:
-    """What the receiver gets after serialization: no objects shared with the sender."""
-    return Message(
-        m.type,
-        m.to,
-        m.frm,
-        m.term,
-        m.log_term,
-        m.index,
-        [Entry(e.term, e.index, e.type, e.data) for e in m.entries],
-        m.commit,
-        m.snapshot,
-        m.reject,
-        m.reject_hint,
-        m.context,
-    )
 
 
 def kv_apply(kv: dict, kind: str, key: str, arg) -> object:
@@ -639,13 +622,6 @@ class Sim:
                     if _term(a, i) == _term(b, i):
                         assert a.entries(lo, i + 1) == b.entries(lo, i + 1)
                         break
-
-
-def _term(st: MemoryStorage, i: int) -> int:
-    try:
-        return st.term(i)
-    except CompactedError:
-        return -1
 
 
 # The server's schedule (leader sends before its fsync, fsyncs overlap stepping) is
