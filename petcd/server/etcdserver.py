@@ -702,11 +702,6 @@ class EtcdServer:
                         # while, then probe again.
                         self._batch_backoff_until = time.monotonic() + BATCH_BACKOFF_S
                         self._batch_size_avg = BATCH_MIN_AVG + 0.1
-                if rd.messages and self.lead == self.id:
-                    # A leader may send before its own fsync (Raft thesis 10.2.1): it counts
-                    # itself for commit only once this Ready is persisted and advanced.
-                    self._send(rd.messages)
-                    rd.messages = []
                 if rd.snapshot is not None:
                     await self._install_snapshot(rd.snapshot)
                 if rd.entries or rd.hard_state is not None:
@@ -743,6 +738,12 @@ class EtcdServer:
         self.entry_count += len(rd.entries)
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+        if rd.messages and self.lead == self.id:
+            # A leader sends before its own fsync (Raft thesis 10.2.1): the commit index its
+            # messages carry only counts entries of Readies already persisted. Followers
+            # answer from _finish_ready, once their state is durable.
+            self._send(rd.messages)
+            rd.messages = []
         return rd
 
     def _persist_inline(self, rd) -> None:
@@ -784,9 +785,6 @@ class EtcdServer:
                     self._wake.set()  # installing a snapshot is the loop's (async) work
                     return
                 rd = self._take_ready()
-                if rd.messages and self.lead == self.id:
-                    self._send(rd.messages)  # replicate while our own fsync runs
-                    rd.messages = []
                 if rd.entries or rd.hard_state is not None:
                     self._persist_inline(rd)
                 self._finish_ready(rd)
