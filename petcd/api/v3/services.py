@@ -16,12 +16,12 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import grpc
 
 from petcd import log
 from petcd.api.v3.handlers import stream_out, unary
+from petcd.cli.flags import FlagValueError, parse_url
 from petcd.errors import (
     ErrLearnerNotReady,
     ErrLearnerNotSupported,
@@ -303,9 +303,7 @@ class ClusterService:
     async def member_add(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.MemberAddRequest.FromString(raw)
-        urls = list(req.peerURLs)
-        if not urls or not all(_valid_peer_url(u) for u in urls):
-            raise ErrMemberBadURLs()
+        urls = _peer_urls(list(req.peerURLs))
         # etcd: NewMember("", urls, "", now) — the time makes the ID unique
         mid = member_id(urls, "", now=time.time())
         if srv.cfg.strict_reconfig_check and not req.isLearner:
@@ -338,9 +336,7 @@ class ClusterService:
     async def member_update(self, raw: bytes, ctx) -> bytes:
         srv = self.srv
         req = rpc_pb2.MemberUpdateRequest.FromString(raw)
-        urls = list(req.peerURLs)
-        if not urls or not all(_valid_peer_url(u) for u in urls):
-            raise ErrMemberBadURLs()
+        urls = _peer_urls(list(req.peerURLs))
         m = Member(req.ID, "", urls, [])
         members = await srv.propose_conf_change(
             ConfChange(ConfChangeType.UPDATE_NODE, req.ID, m.to_json())
@@ -374,14 +370,15 @@ class ClusterService:
         return resp.SerializeToString()
 
 
-def _valid_peer_url(u: str) -> bool:
-    p = urlsplit(u)
-    if p.scheme not in ("http", "https", "unix", "unixs") or not p.netloc:
-        return False
+def _peer_urls(raw: list[str]) -> list[str]:
+    """etcd's types.NewURLs over a request's peer URLs: validated and sorted."""
     try:
-        return p.port is not None or p.scheme.startswith("unix")
-    except ValueError:
-        return False
+        urls = sorted(parse_url(u).text for u in raw)
+    except FlagValueError:
+        raise ErrMemberBadURLs() from None
+    if not urls:
+        raise ErrMemberBadURLs()
+    return urls
 
 
 def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:
