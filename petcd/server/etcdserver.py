@@ -113,8 +113,13 @@ HEALTH_INTERVAL_S = 5.0
 MAX_LEARNERS = 1
 # etcd keeps this many entries in the Raft log after a snapshot for slow followers.
 SNAPSHOT_CATCHUP_ENTRIES = 5000
-# Group commit under load: when the loop thread is saturated, a Ready waits this long.
-BATCH_WINDOW_S = 0.001
+# Group commit under load: when the loop thread is saturated, a Ready gathers proposals
+# until none arrived for BATCH_GAP_S, BATCH_MAX are waiting, or BATCH_WINDOW_S passed.
+# The gap adapts the batch to the client count: a few clients are all back within a gap,
+# many clients keep arriving and fill the batch (one fsync and Raft cycle for all).
+BATCH_GAP_S = 0.0005
+BATCH_MAX = 64
+BATCH_WINDOW_S = 0.01
 BUSY_SAMPLE_S = 0.02
 SATURATED_BUSY_FRACTION = 0.85
 BATCH_BACKOFF_S = 0.05
@@ -687,9 +692,7 @@ class EtcdServer:
                     self._wake.clear()
                     await self._wake.wait()
                     if self._batching_wanted():
-                        # gRPC hands us one request per loop turn; when the loop is busy,
-                        # waiting a moment lets many proposals share one Ready and fsync.
-                        await asyncio.sleep(BATCH_WINDOW_S)
+                        await self._gather_batch()
                         batch_probe = True
                     continue
                 self._cycle_busy = True
@@ -722,6 +725,22 @@ class EtcdServer:
         except BaseException as e:  # a storage failure: stop serving rather than lie
             self._fail(e)
             raise
+
+    async def _gather_batch(self) -> None:
+        """gRPC hands us one request per loop turn; when the loop is busy, waiting while
+        proposals keep coming lets many share one Ready and fsync."""
+        now = time.monotonic()
+        deadline = now + BATCH_WINDOW_S
+        last_n, last_t = len(self._waits), now
+        while True:
+            await asyncio.sleep(BATCH_GAP_S / 2)
+            n, now = len(self._waits), time.monotonic()
+            if n >= BATCH_MAX or now >= deadline:
+                return
+            if n != last_n:
+                last_n, last_t = n, now
+            elif now - last_t >= BATCH_GAP_S:
+                return
 
     def _fail(self, e: BaseException) -> None:
         self._fatal = e
