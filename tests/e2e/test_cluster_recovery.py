@@ -27,6 +27,11 @@ def hashkv(c: Cluster, i: int, rev: int) -> int:
     return json.loads(out)[0]["HashKV"]["hash"]
 
 
+def kvs_at(c: Cluster, i: int, rev: int) -> list:
+    out = c.ctl(i, "get", "", "--from-key", f"--rev={rev}", "--consistency=s", "-w", "json")
+    return [(kv["key"], kv["value"], kv["mod_revision"]) for kv in json.loads(out.stdout)["kvs"]]
+
+
 def test_force_new_cluster_keeps_data_and_grows_again(impl):
     c = Cluster(3, impl=impl, extra_args=list(FAST_ARGS))
     try:
@@ -66,6 +71,10 @@ def test_force_new_cluster_keeps_data_and_grows_again(impl):
         # At one revision both have applied: each member's latest revision may differ for a
         # moment (etcd's own lease/cluster bookkeeping), the history up to rev may not.
         rev = json.loads(c.ctl(j, "get", "from-m4", "-w", "json").stdout)["header"]["revision"]
-        wait_for(lambda: hashkv(c, 1, rev) == hashkv(c, j, rev), 10, what="equal HashKV")
+        wait_for(lambda: kvs_at(c, 1, rev) == kvs_at(c, j, rev), 10, what="equal keys at rev")
+        if impl == "petcd":
+            # etcd 3.4's HashKV of the newcomer was seen to differ from the survivor's at
+            # the same revision (in about one run in three) while every key agreed.
+            wait_for(lambda: hashkv(c, 1, rev) == hashkv(c, j, rev), 10, what="equal HashKV")
     finally:
         c.cleanup()
