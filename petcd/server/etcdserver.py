@@ -729,12 +729,15 @@ class EtcdServer:
     async def _gather_batch(self) -> None:
         """gRPC hands us one request per loop turn; when the loop is busy, waiting while
         proposals keep coming lets many share one Ready and fsync."""
+        # Proposals not yet in a Ready: a leader's waits also hold entries awaiting a quorum.
+        pending = self.node.raft.log.unstable.entries
         now = time.monotonic()
         deadline = now + BATCH_WINDOW_S
-        last_n, last_t = len(self._waits), now
+        last_n, last_t = len(pending), now
         while True:
             await asyncio.sleep(BATCH_GAP_S / 2)
-            n, now = len(self._waits), time.monotonic()
+            pending = self.node.raft.log.unstable.entries
+            n, now = len(pending), time.monotonic()
             if n >= BATCH_MAX or now >= deadline:
                 return
             if n != last_n:
