@@ -195,6 +195,7 @@ class EtcdServer:
         self._batch_size_avg = 2.0  # entries per Ready when we waited for a batch
         self.inline_saves = 0  # WAL saves done on the loop thread, and their total time
         self.inline_save_s = 0.0
+        self.leader_changes = 0  # elections of a new leader seen (etcd_server_leader_changes_seen_total)
         self.ready_count = 0  # Readies handled and entries persisted: batching efficiency
         self.entry_count = 0
         self.lead = 0
@@ -837,6 +838,7 @@ class EtcdServer:
         if lead != self.lead:
             self.lead = lead
             if lead:
+                self.leader_changes += 1
                 self._lead_elected_at = time.monotonic()
                 if self._parked:
                     self._loop.call_soon(self._unpark)  # not in the middle of a Ready
@@ -1257,6 +1259,10 @@ class EtcdServer:
     @property
     def term(self) -> int:
         return self.node.term
+
+    def pending_proposals(self) -> int:
+        """Proposals waiting to be applied (etcd_server_proposals_pending)."""
+        return len(self._waits)
 
     def is_leader(self) -> bool:
         return self.lead == self.id

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import grpc
 
 from petcd import log
+from petcd.server.metrics_http import MetricsServer
 from petcd.transport.peer import TransportError, fetch_cluster_info
 from petcd.transport.tls import ClientTLS, client_tls, peer_tls
 from petcd.version import ETCD_VERSION
@@ -168,6 +169,14 @@ async def serve(cfg) -> int:
         _log.error("failed to listen on client url", error=str(e))
         await srv.stop()
         return 1
+    metrics = MetricsServer(srv)
+    try:
+        await metrics.start(cfg.listen_metrics_urls)
+    except OSError as e:
+        _log.error("failed to listen on metrics url", error=str(e))
+        await metrics.stop()
+        await srv.stop()
+        return 1
 
     async def first(*aws) -> None:
         tasks = [asyncio.ensure_future(a) for a in aws]
@@ -203,6 +212,7 @@ async def serve(cfg) -> int:
         if srv.fatal_event.is_set() and not srv.removed:
             rc = 1
     finally:
+        await metrics.stop()
         await server.stop(grace=1.0)
         await srv.stop()
         _log.info("stopped etcd server")
