@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from cluster import Cluster, wait_for
 from harness import ETCD, ServerProcess, free_port
 
 from petcd.server.metrics_http import go_float
@@ -137,6 +138,27 @@ def test_metrics_families_and_values(impl):
         assert values["process_resident_memory_bytes"] > 1e6
     finally:
         s.cleanup()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_health_fails_without_quorum(impl):
+    c = Cluster(3, impl=impl)
+    base = f"http://127.0.0.1:{free_port()}"
+    c.member(1).extra_args += ["--listen-metrics-urls", base]
+    try:
+        c.start()
+        assert fetch(base + "/health")[0::2] == (200, b'{"health":"true"}')
+        c.kill(2)
+        c.kill(3)
+        # no leader (check-quorum) or a quorum read that times out: 503 either way
+        wait_for(lambda: fetch(base + "/health")[0] == 503, 20, what="/health 503")
+        assert fetch(base + "/health")[2] == b'{"health":"false"}\n'
+        _, values = parse(fetch(base + "/metrics")[2].decode())
+        assert values["etcd_server_health_failures"] >= 1
+        wait_for(lambda: parse(fetch(base + "/metrics")[2].decode())[1]["etcd_server_has_leader"]
+                 == 0, 20, what="has_leader 0")
+    finally:
+        c.cleanup()
 
 
 def test_busy_metrics_port_fails_startup_and_https_is_refused():
