@@ -12,6 +12,7 @@ import asyncio
 import os
 import resource
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
@@ -235,61 +236,64 @@ class MetricsServer:
 
     def exposition(self) -> str:
         srv = self.srv
-        g, c = "gauge", "counter"
-        fams = [
-            _Family("etcd_server_has_leader",
-                    "Whether or not a leader exists. 1 is existence, 0 is not.", g)
-            .add(1 if srv.lead else 0),
-            _Family("etcd_server_is_leader",
-                    "Whether or not this member is a leader. 1 if is, 0 otherwise.", g)
-            .add(1 if srv.lead and srv.lead == srv.id else 0),
-            _Family("etcd_server_is_learner",
-                    "Whether or not this member is a learner. 1 if is, 0 otherwise.", g)
-            .add(1 if srv.learner else 0),
-            _Family("etcd_server_leader_changes_seen_total", "The number of leader changes seen.",
-                    c).add(srv.leader_changes),
-            _Family("etcd_server_proposals_committed_total",
-                    "The total number of consensus proposals committed.", g)
-            .add(srv.committed_index),
-            _Family("etcd_server_proposals_applied_total",
-                    "The total number of consensus proposals applied.", g)
-            .add(srv.applied_index),
-            _Family("etcd_server_proposals_pending",
-                    "The current number of pending proposals to commit.", g)
-            .add(srv.pending_proposals()),
-            _Family("etcd_server_id",
-                    "Server or member ID in hexadecimal format. 1 for 'server_id' label with "
-                    "current ID.", g).add(1, server_id=f"{srv.id:x}"),
-            _Family("etcd_server_version",
-                    "Which version is running. 1 for 'server_version' label with current "
-                    "version.", g).add(1, server_version=srv.version()),
-            _Family("etcd_server_quota_backend_bytes",
-                    "Current backend storage quota size in bytes.", g).add(srv.quota_bytes),
-            _Family("etcd_server_health_success", "The total number of successful health checks",
-                    c).add(self.health_success),
-            _Family("etcd_server_health_failures", "The total number of failed health checks",
-                    c).add(self.health_failures),
-            _Family("etcd_mvcc_db_total_size_in_bytes",
-                    "Total size of the underlying database physically allocated in bytes.", g)
-            .add(srv.db_size),
-            _Family("etcd_mvcc_db_total_size_in_use_in_bytes",
-                    "Total size of the underlying database logically in use in bytes.", g)
-            .add(srv.backend.size_in_use()),
-            _Family("etcd_debugging_mvcc_current_revision", "The current revision of store.", g)
-            .add(srv.kv.rev),
-            _Family("etcd_debugging_mvcc_compact_revision",
-                    "The revision of the last compaction in store.", g).add(srv.kv.compact_rev),
-            _Family("etcd_debugging_mvcc_watcher_total", "Total number of watchers.", g)
-            .add(srv.watchable.watcher_count()),
-        ]
+        fams = []
         cv = srv.cluster.version
         if cv:
-            fams.insert(0, _Family(
-                "etcd_cluster_version",
-                "Which version is running. 1 for 'cluster_version' label with current cluster "
-                "version", g).add(1, cluster_version=cv))
+            fams.append(_Family("etcd_cluster_version", "Which version is running. 1 for "
+                                "'cluster_version' label with current cluster version", "gauge")
+                        .add(1, cluster_version=cv))
+        for name, typ, help_, value in _SERVER_METRICS:
+            fams.append(_Family(name, help_, typ).add(value(srv)))
+        fams.append(_Family("etcd_server_id", "Server or member ID in hexadecimal format. 1 for "
+                            "'server_id' label with current ID.", "gauge")
+                    .add(1, server_id=f"{srv.id:x}"))
+        fams.append(_Family("etcd_server_version", "Which version is running. 1 for "
+                            "'server_version' label with current version.", "gauge")
+                    .add(1, server_version=srv.version()))
+        fams.append(_Family("etcd_server_health_success",
+                            "The total number of successful health checks", "counter")
+                    .add(self.health_success))
+        fams.append(_Family("etcd_server_health_failures",
+                            "The total number of failed health checks", "counter")
+                    .add(self.health_failures))
         fams.extend(_process_families())
         return "".join(f.render() for f in fams)
+
+
+# etcd's unlabeled server metrics: (name, type, help, value read from the server).
+_SERVER_METRICS: tuple[tuple[str, str, str, Callable[[EtcdServer], float]], ...] = (
+    ("etcd_server_has_leader", "gauge",
+     "Whether or not a leader exists. 1 is existence, 0 is not.",
+     lambda s: 1 if s.lead else 0),
+    ("etcd_server_is_leader", "gauge",
+     "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+     lambda s: 1 if s.lead and s.lead == s.id else 0),
+    ("etcd_server_is_learner", "gauge",
+     "Whether or not this member is a learner. 1 if is, 0 otherwise.",
+     lambda s: 1 if s.learner else 0),
+    ("etcd_server_leader_changes_seen_total", "counter", "The number of leader changes seen.",
+     lambda s: s.leader_changes),
+    ("etcd_server_proposals_committed_total", "gauge",
+     "The total number of consensus proposals committed.", lambda s: s.committed_index),
+    ("etcd_server_proposals_applied_total", "gauge",
+     "The total number of consensus proposals applied.", lambda s: s.applied_index),
+    ("etcd_server_proposals_pending", "gauge",
+     "The current number of pending proposals to commit.", lambda s: s.pending_proposals()),
+    ("etcd_server_quota_backend_bytes", "gauge", "Current backend storage quota size in bytes.",
+     lambda s: s.quota_bytes),
+    ("etcd_mvcc_db_total_size_in_bytes", "gauge",
+     "Total size of the underlying database physically allocated in bytes.",
+     lambda s: s.db_size),
+    ("etcd_mvcc_db_total_size_in_use_in_bytes", "gauge",
+     "Total size of the underlying database logically in use in bytes.",
+     lambda s: s.backend.size_in_use()),
+    ("etcd_debugging_mvcc_current_revision", "gauge", "The current revision of store.",
+     lambda s: s.kv.rev),
+    ("etcd_debugging_mvcc_compact_revision", "gauge",
+     "The revision of the last compaction in store.", lambda s: s.kv.compact_rev),
+    ("etcd_debugging_mvcc_watcher_total", "gauge", "Total number of watchers.",
+     lambda s: s.watchable.watcher_count()),
+)
 
 
 __all__ = ["MetricsServer", "go_float"]
