@@ -28,6 +28,8 @@ from typing import BinaryIO
 
 import lmdb
 
+from petcd.metrics import BACKEND_COMMIT_SECONDS
+
 BUCKET_KEY = "key"
 BUCKET_META = "meta"
 BUCKET_LEASE = "lease"
@@ -126,7 +128,9 @@ class Backend:
         """Run the pre-commit hooks, commit the batch tx and start the next one."""
         for hook in self.pre_commit_hook:
             hook()
+        t0 = time.monotonic()
         self.txn.commit()
+        BACKEND_COMMIT_SECONDS.observe(time.monotonic() - t0)
         self.txn = self.env.begin(write=True) if reopen else None
         self.pending = 0
         self._pending_bytes = 0

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from petcd import log
+from petcd.metrics import BACKEND_COMMIT_SECONDS, WAL_FSYNC_SECONDS, Histogram
 from petcd.proto.etcdserverpb import rpc_pb2
 
 if TYPE_CHECKING:
@@ -55,19 +56,30 @@ class _Family:
 
     def __init__(self, name: str, help_: str, type_: str) -> None:
         self.name, self.help, self.type = name, help_, type_
-        self.samples: list[tuple[dict[str, str], float]] = []
+        self.samples: list[tuple[str, dict[str, str], float]] = []
 
     def add(self, value: float, **labels: str) -> _Family:
-        self.samples.append((labels, value))
+        self.samples.append((self.name, labels, value))
         return self
 
     def render(self) -> str:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.type}"]
-        for labels, value in self.samples:
+        for name, labels, value in self.samples:
             lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-            out.append(f"{self.name}{{{lab}}} {go_float(value)}" if lab
-                       else f"{self.name} {go_float(value)}")
+            out.append(f"{name}{{{lab}}} {go_float(value)}" if lab else f"{name} {go_float(value)}")
         return "\n".join(out) + "\n"
+
+
+def _histogram_family(h: Histogram) -> _Family:
+    f = _Family(h.name, h.help, "histogram")
+    total = 0
+    for bound, n in zip(h.bounds, h.counts, strict=False):
+        total += n
+        f.samples.append((h.name + "_bucket", {"le": go_float(bound)}, total))
+    f.samples.append((h.name + "_bucket", {"le": "+Inf"}, total + h.counts[-1]))
+    f.samples.append((h.name + "_sum", {}, h.sum))
+    f.samples.append((h.name + "_count", {}, h.count))
+    return f
 
 
 def _escape(v: str) -> str:
@@ -256,6 +268,8 @@ class MetricsServer:
         fams.append(_Family("etcd_server_health_failures",
                             "The total number of failed health checks", "counter")
                     .add(self.health_failures))
+        fams.append(_histogram_family(WAL_FSYNC_SECONDS))
+        fams.append(_histogram_family(BACKEND_COMMIT_SECONDS))
         fams.extend(_process_families())
         return "".join(f.render() for f in fams)
 

@@ -49,10 +49,12 @@ import re
 import shutil
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from petcd.metrics import WAL_FSYNC_SECONDS
 from petcd.raft.types import Entry, HardState, SnapshotMetadata
 
 log = logging.getLogger("petcd.wal")
@@ -226,6 +228,12 @@ def _preallocate(fd: int, size: int, sync: bool = True) -> bool:
     if sync:
         os.fsync(fd)
     return True
+
+
+def _fdatasync(fd: int) -> None:
+    t0 = time.monotonic()
+    os.fdatasync(fd)
+    WAL_FSYNC_SECONDS.observe(time.monotonic() - t0)
 
 
 def _write_all(fd: int, bufs: list[bytes]) -> int:
@@ -665,7 +673,7 @@ class WAL:
             try:
                 self._size += _write_all(self._fd, bufs)
                 if sync and must_sync:
-                    os.fdatasync(self._fd)
+                    _fdatasync(self._fd)
             except OSError as exc:
                 self._failed = exc
                 raise
@@ -684,7 +692,7 @@ class WAL:
             buf = _frame(_SNAP.pack(SNAPSHOT, meta.index, meta.term))
             try:
                 self._size += _write_all(self._fd, [buf])
-                os.fdatasync(self._fd)
+                _fdatasync(self._fd)
             except OSError as exc:
                 self._failed = exc
                 raise
@@ -696,7 +704,7 @@ class WAL:
         with self._lock:
             self._check()
             try:
-                os.fdatasync(self._fd)
+                _fdatasync(self._fd)
             except OSError as exc:
                 self._failed = exc
                 raise

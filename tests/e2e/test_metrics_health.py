@@ -36,6 +36,8 @@ FAMILIES = {
     "etcd_debugging_mvcc_current_revision": "gauge",
     "etcd_debugging_mvcc_compact_revision": "gauge",
     "etcd_debugging_mvcc_watcher_total": "gauge",
+    "etcd_disk_wal_fsync_duration_seconds": "histogram",
+    "etcd_disk_backend_commit_duration_seconds": "histogram",
     "process_cpu_seconds_total": "counter",
     "process_open_fds": "gauge",
     "process_max_fds": "gauge",
@@ -136,6 +138,17 @@ def test_metrics_families_and_values(impl):
         assert values["etcd_server_proposals_applied_total"] >= 5
         assert values["etcd_mvcc_db_total_size_in_bytes"] > 0
         assert values["process_resident_memory_bytes"] > 1e6
+        for h in ("etcd_disk_wal_fsync_duration_seconds",
+                  "etcd_disk_backend_commit_duration_seconds"):
+            buckets = [(k, v) for k, v in values.items() if k.startswith(h + "_bucket{")]
+            # etcd's ExponentialBuckets(0.001, 2, 14) and +Inf, cumulative
+            assert [k.split('"')[1] for k, _ in buckets] == [
+                "0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256",
+                "0.512", "1.024", "2.048", "4.096", "8.192", "+Inf"]
+            counts = [v for _, v in buckets]
+            assert counts == sorted(counts) and counts[-1] == values[h + "_count"]
+        assert values["etcd_disk_wal_fsync_duration_seconds_count"] >= 5  # one per put at least
+        assert values["etcd_disk_wal_fsync_duration_seconds_sum"] > 0
     finally:
         s.cleanup()
 
