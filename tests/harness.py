@@ -25,6 +25,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ctl_env(**extra: str) -> dict[str, str]:
+    """The environment for an etcdctl/petcdctl run: v3 API, no inherited ETCDCTL_*, this
+    checkout importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+    env["ETCDCTL_API"] = "3"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
 def petcd_cmd() -> list[str]:
     return [sys.executable, "-m", "petcd"]
 

@@ -60,9 +60,14 @@ ALIASES = {
     "l": "l", "large": "l", "xl": "xl", "xLarge": "xl",
 }  # fmt: skip
 
-FLAGS = [
+# Both checks' clean-up flags.
+AFTER_FLAGS = [
     Flag("auto-compact", "bool", False, "Compact storage with last revision after test is finished."),
     Flag("auto-defrag", "bool", False, "Defragment storage after test is finished."),
+]  # fmt: skip
+
+FLAGS = [
+    *AFTER_FLAGS,
     Flag("load", "string", "s", "The performance check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge)"),
     Flag("prefix", "string", "/etcdctl-check-perf/", "The prefix for writing the performance check's keys."),
 ]  # fmt: skip
@@ -223,6 +228,21 @@ async def _run_load(
     return stats(lats, errors, time.monotonic() - started)
 
 
+
+async def _require_empty_prefix(ctx, client, prefix_s: str, timeout: float) -> None:
+    """etcdctl check perf/datascale refuse a prefix that already holds keys."""
+    prefix = prefix_s.encode("utf-8", "surrogateescape")
+    try:
+        resp = await client.get(prefix, prefix=True, limit=1, timeout=timeout)
+    except cerr.ClientError as e:
+        ctx.warn_rpc(e)
+        fail(EXIT_ERROR, error_text(e))
+    if resp.kvs:
+        fail(
+            EXIT_INVALID_INPUT,
+            f"prefix {quote(prefix_s)} has keys. Delete with etcdctl del --prefix {prefix_s} first",
+        )
+
 async def cmd_check_perf(ctx: Ctx, args: list[str]) -> None:
     model = ALIASES.get(ctx["load"])
     if model is None:
@@ -235,16 +255,7 @@ async def cmd_check_perf(ctx: Ctx, args: list[str]) -> None:
     prefix = prefix_s.encode("utf-8", "surrogateescape")
     clients = [ctx.client() for _ in range(min(workers, MAX_CONNECTIONS))]
     c0 = clients[0]
-    try:
-        resp = await c0.get(prefix, prefix=True, limit=1, timeout=duration)
-    except cerr.ClientError as e:
-        ctx.warn_rpc(e)
-        fail(EXIT_ERROR, error_text(e))
-    if resp.kvs:
-        fail(
-            EXIT_INVALID_INPUT,
-            f"prefix {quote(prefix_s)} has keys. Delete with etcdctl del --prefix {prefix_s} first",
-        )
+    await _require_empty_prefix(ctx, c0, prefix_s, duration)
     bar = _Bar(duration)
     bar_task = asyncio.create_task(bar.run())
 
@@ -288,8 +299,7 @@ DS_KEY_SIZE = DS_VALUE_SIZE = 512
 RESIDENT_MEMORY = "process_resident_memory_bytes"
 
 DATASCALE_FLAGS = [
-    Flag("auto-compact", "bool", False, "Compact storage with last revision after test is finished."),
-    Flag("auto-defrag", "bool", False, "Defragment storage after test is finished."),
+    *AFTER_FLAGS,
     Flag("load", "string", "s", "The datascale check's workload model. Accepted workloads: s(small), m(medium), l(large), xl(xLarge)"),
     Flag("prefix", "string", "/etcdctl-check-datascale/", "The prefix for writing the datascale check's keys."),
 ]  # fmt: skip
@@ -444,16 +454,7 @@ async def cmd_check_datascale(ctx: Ctx, args: list[str]) -> None:
     clients = [ctx.client() for _ in range(min(workers, MAX_CONNECTIONS))]
     c0 = clients[0]
     ep0 = ctx.endpoints[0] if ctx.endpoints else "127.0.0.1:2379"
-    try:
-        resp = await c0.get(prefix, prefix=True, limit=1, timeout=ctx.timeout)
-    except cerr.ClientError as e:
-        ctx.warn_rpc(e)
-        fail(EXIT_ERROR, error_text(e))
-    if resp.kvs:
-        fail(
-            EXIT_INVALID_INPUT,
-            f"prefix {quote(prefix_s)} has keys. Delete with etcdctl del --prefix {prefix_s} first",
-        )
+    await _require_empty_prefix(ctx, c0, prefix_s, ctx.timeout)
     before = await endpoint_memory_metrics(ep0, ctx)
     if before == 0:
         out("FAIL: Could not read process_resident_memory_bytes before the put operations.\n")

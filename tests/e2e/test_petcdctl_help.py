@@ -15,28 +15,20 @@ import subprocess
 import sys
 
 import pytest
-from harness import ETCD, ETCDCTL, REPO, ServerProcess
+from harness import ETCD, ETCDCTL, ServerProcess, ctl_env
 
 pytestmark = pytest.mark.e2e
 
 PETCDCTL = [sys.executable, "-m", "petcd.ctl"]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
-    env["ETCDCTL_API"] = "3"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
 def etcdctl(*args: str) -> tuple[int, bytes, bytes]:
-    r = subprocess.run([ETCDCTL, *args], capture_output=True, env=_env(), timeout=30)
+    r = subprocess.run([ETCDCTL, *args], capture_output=True, env=ctl_env(), timeout=30)
     return r.returncode, r.stdout, r.stderr
 
 
 def petcdctl_proc(*args: str, env: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
-    r = subprocess.run([*PETCDCTL, *args], capture_output=True, env=env or _env(), timeout=60)
+    r = subprocess.run([*PETCDCTL, *args], capture_output=True, env=env or ctl_env(), timeout=60)
     return r.returncode, r.stdout, r.stderr
 
 
@@ -237,7 +229,7 @@ def test_complete_requests(words):
 
 def test_bash_completion_sources_and_completes(tmp_path):
     if not shutil.which("bash"):
-        pytest.skip("no bash")
+        pytest.skip("bash not installed: the completion script is checked by sourcing it in bash")
     wrapper = tmp_path / "petcdctl"
     wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} -m petcd.ctl "$@"\n')
     wrapper.chmod(0o755)
@@ -256,7 +248,7 @@ def test_bash_completion_sources_and_completes(tmp_path):
         + "COMP_WORDS=(petcdctl lease ''); COMP_CWORD=2; __start_petcdctl\n"
         + 'echo "R2:${COMPREPLY[*]}"\n'
     )
-    env = _env(PATH=f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = ctl_env(PATH=f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}")
     r = subprocess.run(
         ["bash", "--norc", "--noprofile", "-c", script],
         capture_output=True,
@@ -295,7 +287,7 @@ def _ds_norm(out: bytes) -> bytes:
 
 def test_check_datascale_against_etcd(etcd):
     ep = f"--endpoints={etcd.endpoint}"
-    env = _env(PETCDCTL_CHECK_DATASCALE_LIMIT="200")
+    env = ctl_env(PETCDCTL_CHECK_DATASCALE_LIMIT="200")
     code, out, err = petcdctl_proc(ep, "check", "datascale", "--auto-compact", "--auto-defrag", env=env)  # fmt: skip
     assert (code, err) == (0, b""), (out, err)
     q = f'"{etcd.endpoint}"'.encode()

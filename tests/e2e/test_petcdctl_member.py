@@ -19,7 +19,7 @@ import sys
 import time
 
 import pytest
-from harness import ETCD, ETCDCTL, REPO, ServerProcess, free_port
+from harness import ETCD, ETCDCTL, ServerProcess, ctl_env, free_port
 
 from petcd.proto.etcdserverpb import rpc_pb2 as pb
 
@@ -32,17 +32,9 @@ NORM = [
 ]
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
-    env["ETCDCTL_API"] = "3"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
 def run(tool: list[str], ep: str, *args: str, timeout: float = 30) -> tuple[int, bytes, bytes]:
     r = subprocess.run(
-        [*tool, f"--endpoints={ep}", *args], capture_output=True, env=_env(), timeout=timeout
+        [*tool, f"--endpoints={ep}", *args], capture_output=True, env=ctl_env(), timeout=timeout
     )
     return r.returncode, r.stdout, r.stderr
 
@@ -86,7 +78,7 @@ def members(ep: str) -> pb.MemberListResponse:
     r = subprocess.run(
         [ETCDCTL, f"--endpoints={ep}", "-w", "protobuf", "member", "list"],
         capture_output=True,
-        env=_env(),
+        env=ctl_env(),
         check=True,
     )
     return pb.MemberListResponse.FromString(r.stdout)
@@ -312,7 +304,7 @@ def test_make_mirror_syncs_base_then_updates(etcd, petcd_server):
          "--dest-prefix=/copy/", dst.endpoint],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=_env(PETCDCTL_MIRROR_INTERVAL="0.3"),
+        env=ctl_env(PETCDCTL_MIRROR_INTERVAL="0.3"),
         start_new_session=True,
     )  # fmt: skip
     try:
@@ -350,7 +342,7 @@ def test_make_mirror_whole_keyspace_and_no_dest_prefix(etcd, petcd_server, flags
         [*PETCDCTL, f"--endpoints={src.endpoint}", "make-mirror", *flags, dst.endpoint],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=_env(),
+        env=ctl_env(),
         start_new_session=True,
     )
     try:
@@ -389,7 +381,7 @@ def test_check_perf_short_run(petcd_server):
         [*PETCDCTL, f"--endpoints={ep}", "check", "perf", "--prefix=/perf/", "--auto-compact",
          "--auto-defrag"],
         capture_output=True,
-        env=_env(PETCDCTL_CHECK_PERF_DURATION="2"),
+        env=ctl_env(PETCDCTL_CHECK_PERF_DURATION="2"),
         timeout=60,
     )  # fmt: skip
     out = r.stdout
@@ -412,6 +404,6 @@ def test_check_perf_short_run(petcd_server):
         in subprocess.run(
             [ETCDCTL, f"--endpoints={ep}", "get", "--prefix", "/perf/", "-w", "fields"],
             capture_output=True,
-            env=_env(),
+            env=ctl_env(),
         ).stdout
     )
