@@ -71,10 +71,12 @@ def test_force_new_cluster_keeps_data_and_grows_again(impl):
         # At one revision both have applied: each member's latest revision may differ for a
         # moment (etcd's own lease/cluster bookkeeping), the history up to rev may not.
         rev = json.loads(c.ctl(j, "get", "from-m4", "-w", "json").stdout)["header"]["revision"]
-        wait_for(lambda: kvs_at(c, 1, rev) == kvs_at(c, j, rev), 10, what="equal keys at rev")
         if impl == "petcd":
-            # etcd 3.4's HashKV of the newcomer was seen to differ from the survivor's at
-            # the same revision (in about one run in three) while every key agreed.
+            # Only petcd is held to this: under CI load real etcd 3.4's newcomer differed from
+            # the force-new-cluster survivor at one revision, first in HashKV (about one run
+            # in three), then in the keys themselves (once in five full CI runs); idle, it
+            # agreed in every run. The keys checked above hold for both.
+            wait_for(lambda: kvs_at(c, 1, rev) == kvs_at(c, j, rev), 10, what="equal keys")
             wait_for(lambda: hashkv(c, 1, rev) == hashkv(c, j, rev), 10, what="equal HashKV")
     finally:
         c.cleanup()
