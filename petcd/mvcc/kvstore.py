@@ -455,9 +455,15 @@ class TxnWrite:
             create = rev
             ver = 1
             old_lease = 0
-        kv = KeyValue(
-            key=key, create_revision=create, mod_revision=rev, version=ver, value=value, lease=lease
-        ).SerializeToString()
+        # KeyValue's wire form built directly (fields 1-6 in order, zero values omitted, as
+        # SerializeToString writes them): cheaper than a message object on every put.
+        kv = b"".join((
+            b"\x0a", encode_varint(len(key)), key,
+            b"\x10", encode_varint(create), b"\x18", encode_varint(rev),
+            b"\x20", encode_varint(ver),
+            (b"\x2a" + encode_varint(len(value)) + value) if value else b"",
+            (b"\x30" + encode_varint(lease)) if lease else b"",
+        ))
         s.backend.seq_put(BUCKET_KEY, _REV.pack(rev, _UNDERSCORE, sub), kv)
         packed = (rev << SUB_BITS) | sub
         if ki is None or not ki.generations[-1].revs:

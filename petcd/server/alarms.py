@@ -23,14 +23,14 @@ class AlarmStore:
         for _k, v in self._backend.range(ALARM_BUCKET, b""):
             a = rpc_pb2.AlarmMember.FromString(bytes(v))
             self._alarms[(a.memberID, a.alarm)] = a
+        self._changed()
 
     def active(self, member: int, alarm: int) -> bool:
         return (member, alarm) in self._alarms
 
-    @property
-    def nospace(self) -> bool:
-        """Any member out of space: the cluster then refuses writes that grow the db."""
-        return any(t == NOSPACE for _m, t in self._alarms)
+    def _changed(self) -> None:
+        # Read on every write's apply: kept as a plain attribute, not recomputed.
+        self.nospace = any(t == NOSPACE for _m, t in self._alarms)
 
     def list(self, member: int = 0, alarm: int = 0) -> list[rpc_pb2.AlarmMember]:
         return [
@@ -48,6 +48,7 @@ class AlarmStore:
             if req.alarm != rpc_pb2.AlarmType.NONE and key not in self._alarms:
                 a = rpc_pb2.AlarmMember(memberID=req.memberID, alarm=req.alarm)
                 self._alarms[key] = a
+                self._changed()
                 self._backend.put(ALARM_BUCKET, bkey, a.SerializeToString())
                 _log.warning(
                     "alarm raised",
@@ -58,6 +59,7 @@ class AlarmStore:
         elif req.action == rpc_pb2.AlarmRequest.DEACTIVATE:
             a = self._alarms.pop(key, None)
             if a is not None:
+                self._changed()
                 self._backend.delete(ALARM_BUCKET, bkey)
                 _log.warning(
                     "alarm disarmed",

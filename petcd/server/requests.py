@@ -45,10 +45,28 @@ _PARSERS: dict[int, Callable[[bytes], Any]] = {
 _TAGS = {f: varint((f << 3) | 2) for f in _PARSERS}
 
 
+_last_id: list[tuple[int, bytes]] = [(-2, b"")]  # the previous request ID and its varint
+
+
+def _id_varint(req_id: int) -> bytes:
+    # Request IDs count up by one: unless the low 7 bits wrap, only the first byte of the
+    # (9-10 byte) varint changes, so the last encoding is reused.
+    last_id, last_enc = _last_id[0]
+    if req_id == last_id + 1 and req_id & 0x7F and req_id >= 0x80:
+        enc = _SMALL_CONT[req_id & 0x7F] + last_enc[1:]
+    else:
+        enc = varint(req_id)
+    _last_id[0] = (req_id, enc)
+    return enc
+
+
+_SMALL_CONT = tuple(bytes((i | 0x80,)) for i in range(0x80))
+
+
 def encode_internal(req_id: int, field_no: int, payload: bytes) -> bytes:
     """Serialize an InternalRaftRequest{ID, <field_no>: payload} without building objects."""
     tag = _TAGS.get(field_no) or varint((field_no << 3) | 2)
-    return b"\x08" + varint(req_id) + tag + varint(len(payload)) + payload
+    return b"\x08" + _id_varint(req_id) + tag + varint(len(payload)) + payload
 
 
 def decode_internal(data: bytes) -> tuple[int, int, Any]:
