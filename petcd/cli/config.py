@@ -340,8 +340,8 @@ NOT_SUPPORTED_YET: tuple[tuple[str, Callable[[ServerConfig], bool]], ...] = (
     # etcd splits one port between plain and TLS connections; a gRPC port is one or the other
     ("http and https client URLs on the same address", _mixed_client_address),
     ("--listen-client-http-urls", lambda c: bool(c.listen_client_http_urls)),
-    ("https or unix metrics URLs (--listen-metrics-urls)",
-     lambda c: any(not u.startswith("http://") for u in c.listen_metrics_urls)),
+    ("unix metrics URLs (--listen-metrics-urls)",
+     lambda c: any(not u.startswith(("http://", "https://")) for u in c.listen_metrics_urls)),
     ("--auth-token other than 'simple'", lambda c: c.auth_token.split(",", 1)[0] != "simple"),
     ("discovery (--discovery)", lambda c: bool(c.discovery)),
     ("DNS SRV discovery (--discovery-srv)", lambda c: bool(c.discovery_srv)),

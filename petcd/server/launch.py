@@ -11,7 +11,7 @@ import grpc
 from petcd import log
 from petcd.server.metrics_http import MetricsServer
 from petcd.transport.peer import TransportError, fetch_cluster_info
-from petcd.transport.tls import ClientTLS, client_tls, peer_tls
+from petcd.transport.tls import ClientTLS, client_tls, metrics_tls, peer_tls
 from petcd.version import ETCD_VERSION
 from petcd.wal.wal import wal_exists
 
@@ -171,8 +171,10 @@ async def serve(cfg) -> int:
         return 1
     metrics = MetricsServer(srv)
     try:
-        await metrics.start(cfg.listen_metrics_urls)
-    except OSError as e:
+        https = [u for u in cfg.listen_metrics_urls if u.startswith("https://")]
+        mtls = metrics_tls(cfg, cfg.effective_data_dir(), https[0]) if https else None
+        await metrics.start(cfg.listen_metrics_urls, mtls)
+    except (OSError, ValueError) as e:
         _log.error("failed to listen on metrics url", error=str(e))
         await metrics.stop()
         await srv.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import resource
+import ssl
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -130,11 +131,13 @@ class MetricsServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._conns: set[asyncio.StreamWriter] = set()
 
-    async def start(self, urls: list[str]) -> None:
-        """Bind every URL (http only); raises OSError when one cannot be bound."""
+    async def start(self, urls: list[str], tls: ssl.SSLContext | None = None) -> None:
+        """Bind every URL (https ones with ``tls``); raises OSError when one cannot be bound."""
         for url in urls:
             u = urlsplit(url)
-            server = await asyncio.start_server(self._serve, u.hostname, u.port)
+            server = await asyncio.start_server(
+                self._serve, u.hostname, u.port, ssl=tls if u.scheme == "https" else None
+            )
             self._servers.append(server)
             _log.info("serving metrics", address=url)
 

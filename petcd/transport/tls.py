@@ -643,6 +643,24 @@ class ClientTLS:
         )
 
 
+def metrics_tls(cfg: Any, data_dir: str, url: str) -> ssl.SSLContext:
+    """The TLS of an https --listen-metrics-urls listener: etcd serves it with the client
+    listener's files (cert, key, trusted CA, client cert auth, auto TLS)."""
+    ctls = client_tls(cfg, data_dir)
+    if ctls is None:
+        raise ValueError(
+            f"cannot listen on TLS for {urlsplit(url).netloc}: KeyFile and CertFile are not presented"
+        )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _apply_common(ctx, cfg)
+    ctx.load_cert_chain(ctls.cert_file, ctls.key_file, password=_no_password)
+    if ctls.require_client_auth:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if ctls.root_certificates:
+            ctx.load_verify_locations(cadata=ctls.root_certificates.decode())
+    return ctx
+
+
 def _system_ca_pem() -> bytes | None:
     paths = ssl.get_default_verify_paths()
     for p in (paths.cafile, paths.openssl_cafile):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -11,6 +12,7 @@ import urllib.request
 import pytest
 from cluster import Cluster, wait_for
 from harness import ETCD, ServerProcess, free_port
+from test_tls import make_pki
 
 from petcd.server.metrics_http import go_float
 
@@ -174,7 +176,7 @@ def test_health_fails_without_quorum(impl):
         c.cleanup()
 
 
-def test_busy_metrics_port_fails_startup_and_https_is_refused():
+def test_busy_metrics_port_fails_startup_and_unix_is_refused():
     s, base = start("petcd")
     try:
         port = base.rsplit(":", 1)[1]
@@ -185,12 +187,54 @@ def test_busy_metrics_port_fails_startup_and_https_is_refused():
     finally:
         s.cleanup()
     r = subprocess.run(
-        [*ServerProcess().cmd, "--listen-metrics-urls", f"https://127.0.0.1:{free_port()}"],
+        [*ServerProcess().cmd, "--listen-metrics-urls", "unix://localhost:12345"],
         capture_output=True, text=True, timeout=30,
     )
     assert r.returncode != 0 and "metrics URLs (--listen-metrics-urls) is not supported yet" in (
         r.stderr
     )
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_https_metrics_url_uses_the_client_tls_files(impl, tmp_path):
+    pki = make_pki(tmp_path)
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    s = ServerProcess(cmd=[ETCD] if impl == "etcd" else None, extra_args=[
+        "--listen-metrics-urls", url, "--cert-file", pki["cert"], "--key-file", pki["key"],
+        "--trusted-ca-file", pki["ca"], "--client-cert-auth"]).start()
+    try:
+        mine = ssl.create_default_context(cafile=pki["ca"])
+        mine.load_cert_chain(pki["client"], pki["client_key"])
+        with urllib.request.urlopen(url + "/health", timeout=10, context=mine) as r:
+            assert (r.status, r.read()) == (200, b'{"health":"true"}')
+        with urllib.request.urlopen(url + "/metrics", timeout=10, context=mine) as r:
+            assert parse(r.read().decode())[1]["etcd_server_has_leader"] == 1
+        # --client-cert-auth holds on the metrics listener too
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url + "/health", timeout=10,
+                                   context=ssl.create_default_context(cafile=pki["ca"])).read()
+    finally:
+        s.cleanup()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_https_metrics_url_without_cert_files_fails(impl, tmp_path):
+    cport, pport, mport = free_port(), free_port(), free_port()
+    cmd = [ETCD] if impl == "etcd" else ServerProcess().cmd
+    r = subprocess.run(
+        [*cmd, "--data-dir", str(tmp_path / "d"),
+         "--listen-client-urls", f"http://127.0.0.1:{cport}",
+         "--advertise-client-urls", f"http://127.0.0.1:{cport}",
+         "--listen-peer-urls", f"http://127.0.0.1:{pport}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{pport}",
+         "--initial-cluster", f"default=http://127.0.0.1:{pport}",
+         "--listen-metrics-urls", f"https://127.0.0.1:{mport}"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode != 0
+    assert (f"cannot listen on TLS for 127.0.0.1:{mport}: KeyFile and CertFile are not presented"
+            in r.stderr)
 
 
 def test_go_float_matches_gos_shortest_g_format():
