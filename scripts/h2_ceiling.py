@@ -95,7 +95,7 @@ def main() -> None:
             if out:
                 self.transport.write(out)
 
-    def report(*_a) -> None:
+    def report() -> None:
         if syncs:
             syncs.sort()
             print(f"fdatasync n={len(syncs)} p50 {syncs[len(syncs) // 2] * 1e6:.0f} us "
@@ -103,8 +103,9 @@ def main() -> None:
         os._exit(0)
 
     async def serve() -> None:
-        signal.signal(signal.SIGTERM, report)
-        server = await asyncio.get_running_loop().create_server(Connection, "127.0.0.1", args.port)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, report)
+        server = await loop.create_server(Connection, "127.0.0.1", args.port)
         await server.serve_forever()
 
     uvloop.run(serve())
