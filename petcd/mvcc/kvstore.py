@@ -59,8 +59,8 @@ def bytes_to_rev(b: bytes) -> int:
     return (main << SUB_BITS) | sub
 
 
-def _tombstone_value(key: bytes) -> bytes:
-    # KeyValue{key}: field 1, length-delimited.
+def _key_field(key: bytes) -> bytes:
+    # KeyValue{key}: field 1, length-delimited (alone, it is a tombstone's value).
     return b"\x0a" + encode_varint(len(key)) + key
 
 
@@ -458,7 +458,7 @@ class TxnWrite:
         # KeyValue's wire form built directly (fields 1-6 in order, zero values omitted, as
         # SerializeToString writes them): cheaper than a message object on every put.
         kv = b"".join((
-            b"\x0a", encode_varint(len(key)), key,
+            _key_field(key),
             b"\x10", encode_varint(create), b"\x18", encode_varint(rev),
             b"\x20", encode_varint(ver),
             (b"\x2a" + encode_varint(len(value)) + value) if value else b"",
@@ -491,7 +491,7 @@ class TxnWrite:
         rev_suffix = b"\x18" + encode_varint(rev)
         for ki in kis:
             sub = len(events)
-            tomb = _tombstone_value(ki.key)
+            tomb = _key_field(ki.key)
             seq_put(BUCKET_KEY, _REV.pack(rev, _UNDERSCORE, sub) + b"t", tomb)
             old_lease = ki.lease
             ki.tombstone((rev << SUB_BITS) | sub)

@@ -45,6 +45,7 @@ _PARSERS: dict[int, Callable[[bytes], Any]] = {
 _TAGS = {f: varint((f << 3) | 2) for f in _PARSERS}
 
 
+_SMALL_CONT = tuple(bytes((i | 0x80,)) for i in range(0x80))  # a varint's first byte
 _last_id: list[tuple[int, bytes]] = [(-2, b"")]  # the previous request ID and its varint
 
 
@@ -58,9 +59,6 @@ def _id_varint(req_id: int) -> bytes:
         enc = varint(req_id)
     _last_id[0] = (req_id, enc)
     return enc
-
-
-_SMALL_CONT = tuple(bytes((i | 0x80,)) for i in range(0x80))
 
 
 def encode_internal(req_id: int, field_no: int, payload: bytes) -> bytes:

@@ -269,3 +269,17 @@ def test_hash_kv(tmp_path):
     put(a, b"extra", b"2")
     assert a.hash_kv()[0] != b.hash_kv()[0]
     assert isinstance(a.hash(), int)
+
+
+@pytest.mark.parametrize(
+    "key,value,lease",
+    [(b"k", b"", 0), (b"k" * 200, b"v" * 70000, 7), (b"\x00\xff", b"x", -1), (b"a", b"b", 2**62)],
+)
+def test_stored_key_value_bytes_are_protobufs_encoding(tmp_path, key, value, lease):
+    # MVCC builds a put's KeyValue bytes by hand; they must be what protobuf writes.
+    s = open_store(tmp_path)
+    put(s, key, b"first")
+    rev = put(s, key, value, lease)
+    want = KeyValue(key=key, create_revision=rev - 1, mod_revision=rev, version=2, value=value,
+                    lease=lease).SerializeToString()
+    assert s.range(key, b"").kvs == [want]
