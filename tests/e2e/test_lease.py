@@ -231,8 +231,9 @@ def _session(s: ServerProcess) -> list[tuple[int, str, str]]:
         r = s.ctl(*[real.get(a, a) for a in args], check=False)
         text = r.stdout
         text = re.sub(r'"(ID|id|lease)":(\d+)', lambda m: f'"{m.group(1)}":{name(int(m.group(2)))}', text)
-        text = _HEX_ID.sub(lambda m: name(int(m.group(0), 16)), text)
+        # header IDs go first: a decimal ID of 12-16 digits would look like a hex lease ID
         text = re.sub(r'"(cluster_id|member_id|raft_term)":\d+', r'"\1":X', text)
+        text = _HEX_ID.sub(lambda m: name(int(m.group(0), 16)), text)
         # etcd lists a lease's keys in Go map order
         text = re.sub(
             r'"keys":\[([^\]]*)\]',
