@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 from urllib.parse import urlsplit
 
@@ -10,8 +12,15 @@ import grpc
 
 from petcd import log
 from petcd.server.metrics_http import MetricsServer
+from petcd.transport.grpc_http2 import GrpcServer
 from petcd.transport.peer import TransportError, fetch_cluster_info
-from petcd.transport.tls import ClientTLS, client_tls, metrics_tls, peer_tls
+from petcd.transport.tls import (
+    ClientTLS,
+    client_server_context,
+    client_tls,
+    metrics_tls,
+    peer_tls,
+)
 from petcd.version import ETCD_VERSION
 from petcd.wal.wal import wal_exists
 
@@ -37,6 +46,42 @@ def _grpc_options(cfg) -> list[tuple[str, int]]:
     if cfg.grpc_keepalive_timeout_ms:
         opts.append(("grpc.keepalive_timeout_ms", cfg.grpc_keepalive_timeout_ms))
     return opts
+
+
+async def _client_server(cfg, srv, ctls: ClientTLS | None, listeners: dict[str, bool]):
+    """The gRPC server of the client URLs, bound (not yet serving). petcd's own HTTP/2 server
+    unless PETCD_GRPC_SERVER=grpcio asks for grpc.aio (kept to compare the two)."""
+    from petcd.api.v3.services import all_handlers
+
+    if os.environ.get("PETCD_GRPC_SERVER", "") == "grpcio":
+        server = grpc.aio.server(options=_grpc_options(cfg))
+        server.add_generic_rpc_handlers(all_handlers(srv))
+        creds = ctls.server_credentials() if ctls is not None else None
+        for addr, secure in listeners.items():
+            if secure and creds is not None:  # (creds is None only without TLS listeners)
+                port = server.add_secure_port(addr, creds)
+            else:
+                port = server.add_insecure_port(addr)
+            if port == 0:
+                raise RuntimeError(f"listen tcp {addr}: bind: address already in use")
+        return server
+    server = GrpcServer(
+        all_handlers(srv),
+        max_receive_message_length=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
+        keepalive_interval_s=cfg.grpc_keepalive_interval,
+        keepalive_timeout_s=cfg.grpc_keepalive_timeout,
+    )
+    sslctx = client_server_context(cfg, ctls) if ctls is not None else None
+    for addr, secure in listeners.items():
+        u = urlsplit("//" + addr)
+        try:
+            await server.add_port(u.hostname or "", u.port or 2379, sslctx if secure else None)
+        except OSError as e:
+            await server.stop()
+            if e.errno == errno.EADDRINUSE:
+                raise RuntimeError(f"listen tcp {addr}: bind: address already in use") from e
+            raise RuntimeError(f"listen tcp {addr}: {e.strerror or e}") from e
+    return server
 
 
 def _bind_address(url: str) -> str:
@@ -119,7 +164,6 @@ async def _fetch_remote_cluster(cfg, client_ssl) -> bytes:
 
 async def serve(cfg) -> int:
     """Run a member until a signal or a fatal error; return the process exit code."""
-    from petcd.api.v3.services import all_handlers
     from petcd.server.etcdserver import EtcdServer
 
     loop = asyncio.get_running_loop()
@@ -153,18 +197,9 @@ async def serve(cfg) -> int:
         return 1
     await srv.start()
 
-    server = grpc.aio.server(options=_grpc_options(cfg))
-    server.add_generic_rpc_handlers(all_handlers(srv))
     listeners = _client_listeners(cfg)
     try:
-        creds = ctls.server_credentials() if ctls is not None else None
-        for addr, secure in listeners.items():
-            if secure and creds is not None:  # (creds is None only without TLS listeners)
-                port = server.add_secure_port(addr, creds)
-            else:
-                port = server.add_insecure_port(addr)
-            if port == 0:
-                raise RuntimeError(f"listen tcp {addr}: bind: address already in use")
+        server = await _client_server(cfg, srv, ctls, listeners)
     except RuntimeError as e:
         _log.error("failed to listen on client url", error=str(e))
         await srv.stop()

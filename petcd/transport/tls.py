@@ -643,14 +643,8 @@ class ClientTLS:
         )
 
 
-def metrics_tls(cfg: Any, data_dir: str, url: str) -> ssl.SSLContext:
-    """The TLS of an https --listen-metrics-urls listener: etcd serves it with the client
-    listener's files (cert, key, trusted CA, client cert auth, auto TLS)."""
-    ctls = client_tls(cfg, data_dir)
-    if ctls is None:
-        raise ValueError(
-            f"cannot listen on TLS for {urlsplit(url).netloc}: KeyFile and CertFile are not presented"
-        )
+def client_server_context(cfg: Any, ctls: ClientTLS) -> ssl.SSLContext:
+    """The server side of a client TLS listener (gRPC and https metrics alike)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_common(ctx, cfg)
     ctx.load_cert_chain(ctls.cert_file, ctls.key_file, password=_no_password)
@@ -659,6 +653,17 @@ def metrics_tls(cfg: Any, data_dir: str, url: str) -> ssl.SSLContext:
         if ctls.root_certificates:
             ctx.load_verify_locations(cadata=ctls.root_certificates.decode())
     return ctx
+
+
+def metrics_tls(cfg: Any, data_dir: str, url: str) -> ssl.SSLContext:
+    """The TLS of an https --listen-metrics-urls listener: etcd serves it with the client
+    listener's files (cert, key, trusted CA, client cert auth, auto TLS)."""
+    ctls = client_tls(cfg, data_dir)
+    if ctls is None:
+        raise ValueError(
+            f"cannot listen on TLS for {urlsplit(url).netloc}: KeyFile and CertFile are not presented"
+        )
+    return client_server_context(cfg, ctls)
 
 
 def _system_ca_pem() -> bytes | None:
