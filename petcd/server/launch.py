@@ -48,7 +48,7 @@ def _grpc_options(cfg) -> list[tuple[str, int]]:
     return opts
 
 
-async def _client_server(cfg, srv, ctls: ClientTLS | None, listeners: dict[str, bool]):
+async def _client_server(cfg, srv, ctls: ClientTLS | None, listeners: dict[str, bool], http1):
     """The gRPC server of the client URLs, bound (not yet serving). petcd's own HTTP/2 server
     unless PETCD_GRPC_SERVER=grpcio asks for grpc.aio (kept to compare the two)."""
     from petcd.api.v3.services import all_handlers
@@ -70,6 +70,7 @@ async def _client_server(cfg, srv, ctls: ClientTLS | None, listeners: dict[str, 
         max_receive_message_length=cfg.max_request_bytes + GRPC_OVERHEAD_BYTES,
         keepalive_interval_s=cfg.grpc_keepalive_interval,
         keepalive_timeout_s=cfg.grpc_keepalive_timeout,
+        http1=http1,
     )
     sslctx = client_server_context(cfg, ctls) if ctls is not None else None
     for addr, secure in listeners.items():
@@ -198,13 +199,13 @@ async def serve(cfg) -> int:
     await srv.start()
 
     listeners = _client_listeners(cfg)
+    metrics = MetricsServer(srv)
     try:
-        server = await _client_server(cfg, srv, ctls, listeners)
+        server = await _client_server(cfg, srv, ctls, listeners, metrics.serve_client)
     except RuntimeError as e:
         _log.error("failed to listen on client url", error=str(e))
         await srv.stop()
         return 1
-    metrics = MetricsServer(srv)
     try:
         https = [u for u in cfg.listen_metrics_urls if u.startswith("https://")]
         mtls = metrics_tls(cfg, cfg.effective_data_dir(), https[0]) if https else None

@@ -9,6 +9,7 @@ and every value is read from the server when scraped, so the write path counts n
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import resource
 import ssl
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from petcd import log
 from petcd.metrics import BACKEND_COMMIT_SECONDS, WAL_FSYNC_SECONDS, Histogram
 from petcd.proto.etcdserverpb import rpc_pb2
+from petcd.version import ETCD_VERSION
 
 if TYPE_CHECKING:
     from petcd.server.etcdserver import EtcdServer
@@ -30,6 +32,11 @@ _log = log.get("embed")
 HEALTH_TIMEOUT_S = 1.0  # etcd gives the health check's quorum read one second
 _TEXT = "text/plain; charset=utf-8"
 _EXPOSITION = "text/plain; version=0.0.4; charset=utf-8"
+_CORS = {  # etcd's client listener answers every HTTP request with these
+    "Access-Control-Allow-Headers": "accept, content-type, authorization",
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE",
+    "Access-Control-Allow-Origin": "*",
+}
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             503: "Service Unavailable"}
 
@@ -152,7 +159,14 @@ class MetricsServer:
 
     # -- HTTP ---------------------------------------------------------------------------
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_client(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        """An HTTP/1.x connection on a client URL: etcd serves /health, /version and /metrics
+        there too, with CORS headers (the gRPC server hands such connections over)."""
+        await self._serve(reader, writer, client=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     client: bool = False) -> None:
         self._conns.add(writer)
         try:
             while True:
@@ -175,7 +189,9 @@ class MetricsServer:
                 if length:
                     await reader.readexactly(length)
                 keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-                status, ctype, body, extra = await self._route(method, target)
+                status, ctype, body, extra = await self._route(method, target, client)
+                if client:
+                    extra = {**_CORS, **extra}
                 await self._respond(writer, status, ctype, body, keep, extra)
                 if not keep:
                     return
@@ -197,8 +213,16 @@ class MetricsServer:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
 
-    async def _route(self, method: str, target: str) -> tuple[int, str, bytes, dict[str, str]]:
+    async def _route(self, method: str, target: str,
+                     client: bool = False) -> tuple[int, str, bytes, dict[str, str]]:
         u = urlsplit(target)
+        if client and u.path == "/version":
+            if method not in ("GET", "HEAD", "OPTIONS"):
+                return 405, _TEXT, b"Method Not Allowed", {"Allow": "GET, HEAD"}
+            body = json.dumps({"etcdserver": ETCD_VERSION,
+                               "etcdcluster": _semver(self.srv.cluster.version)},
+                              separators=(",", ":"))
+            return 200, "application/json", body.encode(), {}
         if u.path not in ("/metrics", "/health"):
             return 404, _TEXT, b"404 page not found\n", {"X-Content-Type-Options": "nosniff"}
         if u.path == "/metrics":
@@ -314,3 +338,10 @@ _SERVER_METRICS: tuple[tuple[str, str, str, Callable[[EtcdServer], float]], ...]
 
 
 __all__ = ["MetricsServer", "go_float"]
+
+
+def _semver(cluster_version: str | None) -> str:
+    """/version's etcdcluster: the full version ("3.4.0") once decided."""
+    if not cluster_version:
+        return "not_decided"
+    return cluster_version if cluster_version.count(".") >= 2 else cluster_version + ".0"

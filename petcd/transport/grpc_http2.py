@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import socket
 import ssl
 import struct
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -69,6 +70,11 @@ _STATUS_200_GRPC = b"\x88\x0f\x10\x10application/grpc"  # :status 200, content-t
 def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
     n = len(payload)
     return _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, ftype, flags, sid) + payload
+
+
+_SERVER_PREFACE = frame(
+    SETTINGS, 0, 0, struct.pack(">HIHI", 0x3, MAX_WINDOW, 0x4, RECV_WINDOW)
+) + frame(WINDOW_UPDATE, 0, 0, _U32.pack(RECV_WINDOW - DEFAULT_WINDOW))
 
 
 def _hpack_int(n: int, prefix_bits: int, first: int) -> bytes:
@@ -125,6 +131,8 @@ def _all_indexed(block: bytes) -> bool:
             i += 1
     return True
 
+
+_HTTP1_REQUEST = re.compile(rb"[A-Z]{3,7} ")  # GET, HEAD, POST, OPTIONS, ...
 
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -324,11 +332,6 @@ class Connection(asyncio.Protocol):
             except OSError:
                 pass
         self.server.connections.add(self)
-        settings = struct.pack(">HIHI", 0x3, MAX_WINDOW, 0x4, RECV_WINDOW)
-        transport.write(  # type: ignore[attr-defined]
-            frame(SETTINGS, 0, 0, settings)
-            + frame(WINDOW_UPDATE, 0, 0, _U32.pack(RECV_WINDOW - DEFAULT_WINDOW))
-        )
         self._schedule_ping()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -358,15 +361,24 @@ class Connection(asyncio.Protocol):
         if not self.preface_seen:
             if len(buf) < 24:
                 if not PREFACE.startswith(buf):
-                    self._abort_connection()
+                    if self.server.http1 is not None and _HTTP1_REQUEST.match(buf):
+                        self._to_http1(buf)
+                    else:
+                        self._abort_connection()
                     return
                 self.buf = buf
                 return
             if buf[:24] != PREFACE:
-                self._abort_connection()
+                if self.server.http1 is not None and _HTTP1_REQUEST.match(buf):
+                    self._to_http1(buf)
+                else:
+                    self._abort_connection()
                 return
             self.preface_seen = True
             buf = buf[24:]
+            # Our SETTINGS go out once the client spoke HTTP/2 (an HTTP/1.x request gets
+            # handed over instead, and must not see them).
+            self.transport.write(_SERVER_PREFACE)
         self.out = out = []
         pos, n = 0, len(buf)
         try:
@@ -427,6 +439,18 @@ class Connection(asyncio.Protocol):
             self.out = None
             if out and not self.closed:
                 self.transport.write(b"".join(out))
+
+    def _to_http1(self, data: bytes) -> None:
+        """Not HTTP/2 but an HTTP/1.x request: hand the connection to the HTTP handler."""
+        self.closed = True  # as far as gRPC is concerned
+        self.server.connections.discard(self)
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
+        reader = asyncio.StreamReader(limit=64 * 1024, loop=self.loop)
+        proto = asyncio.StreamReaderProtocol(reader, self.server.http1, loop=self.loop)
+        self.transport.set_protocol(proto)
+        proto.connection_made(self.transport)
+        proto.data_received(data)
 
     def eof_received(self) -> bool | None:
         return None  # close
@@ -925,12 +949,15 @@ class GrpcServer:
         max_receive_message_length: int = 4 * 1024 * 1024,
         keepalive_interval_s: float = 0.0,
         keepalive_timeout_s: float = 0.0,
+        http1: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+        | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.handlers = list(handlers)
         self.max_receive = max_receive_message_length
         self.keepalive_interval = keepalive_interval_s
         self.keepalive_timeout = keepalive_timeout_s
+        self.http1 = http1  # serves connections that open with an HTTP/1.x request
         self.connections: set[Connection] = set()
         self._servers: list[asyncio.base_events.Server] = []
         self._methods: dict[str, grpc.RpcMethodHandler | None] = {}

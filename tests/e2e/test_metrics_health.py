@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import ssl
@@ -11,8 +12,8 @@ import urllib.request
 
 import pytest
 from cluster import Cluster, wait_for
-from harness import ETCD, ServerProcess, free_port
-from test_tls import make_pki
+from harness import ETCD, ServerProcess, ctl_env, free_port
+from test_tls import TLSServer, make_pki
 
 from petcd.server.metrics_http import go_float
 
@@ -235,6 +236,68 @@ def test_https_metrics_url_without_cert_files_fails(impl, tmp_path):
     assert r.returncode != 0
     assert (f"cannot listen on TLS for 127.0.0.1:{mport}: KeyFile and CertFile are not presented"
             in r.stderr)
+
+
+_CORS = {
+    "Access-Control-Allow-Headers": "accept, content-type, authorization",
+    "Access-Control-Allow-Methods": "POST, GET, OPTIONS, PUT, DELETE",
+    "Access-Control-Allow-Origin": "*",
+}
+
+
+def _client_port_http(base: str, context: ssl.SSLContext | None = None) -> None:
+    def get(path: str, method: str = "GET"):
+        req = urllib.request.Request(base + path, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=context) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    status, headers, body = get("/version")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    assert json.loads(body) == {"etcdserver": "3.4.23", "etcdcluster": "3.4.0"}
+    status, headers, body = get("/health")
+    assert (status, body) == (200, b'{"health":"true"}')
+    assert {k: headers[k] for k in _CORS} == _CORS
+    status, _, body = get("/metrics")
+    assert status == 200 and parse(body.decode())[1]["etcd_server_has_leader"] == 1
+    status, headers, body = get("/nope")
+    assert (status, body) == (404, b"404 page not found\n")
+    assert headers["Access-Control-Allow-Origin"] == "*"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_client_port_serves_http_and_grpc(impl):
+    """etcd answers HTTP/1.1 on its client port too (probes use /health there), next to gRPC."""
+    s = ServerProcess(cmd=[ETCD] if impl == "etcd" else None).start()
+    try:
+        _client_port_http(f"http://{s.endpoint}")
+        r = subprocess.run(["etcdctl", f"--endpoints={s.endpoint}", "put", "k", "v"],
+                           capture_output=True, text=True, timeout=20, env=ctl_env())
+        assert r.stdout == "OK\n", r.stderr
+        _client_port_http(f"http://{s.endpoint}")  # still both, after gRPC
+    finally:
+        s.cleanup()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_https_client_port_serves_http_and_grpc(impl, tmp_path):
+    pki = make_pki(tmp_path)
+    s = TLSServer([ETCD] if impl == "etcd" else ServerProcess().cmd, str(tmp_path / "d"),
+                  ["--cert-file", pki["cert"], "--key-file", pki["key"],
+                   "--trusted-ca-file", pki["ca"], "--client-cert-auth"], plain=False).start()
+    try:
+        mine = ssl.create_default_context(cafile=pki["ca"])
+        mine.load_cert_chain(pki["client"], pki["client_key"])
+        _client_port_http(f"https://127.0.0.1:{s.client_port}", mine)
+        r = subprocess.run(
+            ["etcdctl", f"--endpoints=https://127.0.0.1:{s.client_port}", "--cacert", pki["ca"],
+             "--cert", pki["client"], "--key", pki["client_key"], "get", "nothing"],
+            capture_output=True, text=True, timeout=20, env=ctl_env())
+        assert r.returncode == 0 and r.stdout == "", r.stderr
+    finally:
+        s.cleanup()
 
 
 def test_go_float_matches_gos_shortest_g_format():

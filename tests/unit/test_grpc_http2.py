@@ -274,10 +274,7 @@ def test_raw_protocol_ping_settings_and_bad_preface():
                 assert struct.unpack(">II", frames[-1][3][:8])[1] == h2.FRAME_SIZE_ERROR
             with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
                 s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                got = b""
-                while chunk := s.recv(1000):  # the server's SETTINGS, then: not HTTP/2, closed
-                    got += chunk
-                assert got[3] == h2.SETTINGS
+                assert s.recv(1000) == b""  # not HTTP/2, and no HTTP/1 handler: closed
 
         await asyncio.to_thread(raw)
 
@@ -295,3 +292,33 @@ def test_header_block_helpers():
     assert h2._parse_timeout("100m") == pytest.approx(0.1)
     assert h2._parse_timeout("5S") == 5.0
     assert h2._parse_timeout("x") is None
+
+
+def test_http1_requests_are_handed_to_the_http1_handler():
+    async def http1(reader, writer):
+        line = await reader.readline()
+        while await reader.readline() not in (b"\r\n", b""):
+            pass
+        body = b"you asked " + line.split()[1]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        handlers = _Handlers()
+        server = GrpcServer([handlers.generic()], http1=http1)
+        port = await server.add_port("127.0.0.1", 0)
+        await server.start()
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+            # nothing of HTTP/2 (no SETTINGS) before the HTTP/1.1 answer
+            assert await asyncio.wait_for(r.read(), 5) == (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 18\r\n\r\nyou asked /version")
+            w.close()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:  # same port
+                assert await _unary(ch, "Echo")(b"h2") == b"h2"
+        finally:
+            await server.stop(0.5)
+
+    asyncio.run(main())
