@@ -536,7 +536,7 @@ class Connection(asyncio.Protocol):
         self.streams[sid] = st
         handler = self.server.lookup(path)
         if handler is None:
-            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, f"unknown method {path.rsplit('/', 1)[-1]} for service {path.strip('/').rsplit('/', 1)[0]}" if path.count("/") == 2 else f"malformed method name: {path!r}")
+            self._finish(st, grpc.StatusCode.UNIMPLEMENTED, self.server.unknown(path))
             return
         if encoding and encoding != "identity":
             if encoding != "gzip":
@@ -976,6 +976,17 @@ class GrpcServer:
         if len(self._methods) < 1024:
             self._methods[path] = found
         return found
+
+    def unknown(self, path: str) -> str:
+        """grpc-go's message for a method nobody serves."""
+        service, _, method = path.lstrip("/").rpartition("/")
+        if not path.startswith("/") or not service:
+            return f"malformed method name: {path!r}"
+        for h in self.handlers:
+            name = getattr(h, "service_name", None)
+            if name is not None and name() == service:
+                return f"unknown method {method} for service {service}"
+        return f"unknown service {service}"
 
     async def add_port(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         """Bind (not yet accepting); returns the bound port. Raises OSError when taken."""

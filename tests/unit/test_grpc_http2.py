@@ -138,6 +138,11 @@ def test_statuses_and_messages():
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await ch.unary_unary("/test.Svc/Nope")(b"")
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert e.value.details() == "unknown method Nope for service test.Svc"
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await ch.unary_unary("/etcdserverpb.Auth/AuthEnable")(b"")
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert e.value.details() == "unknown service etcdserverpb.Auth"
         # the connection is still good
         assert await _unary(ch, "Echo")(b"x") == b"x"
 
