@@ -255,6 +255,16 @@ async def _continue(coro, fut):
             return s.value
 
 
+class _Spare:
+    """A Task waiting for a unary call that suspends in its first step."""
+
+    __slots__ = ("assigned", "task")
+
+    def __init__(self, conn: Connection) -> None:
+        self.assigned: asyncio.Future = conn.loop.create_future()
+        self.task = conn.loop.create_task(conn._run_spare(self.assigned))
+
+
 class Stream:
     __slots__ = (
         "conn", "sid", "handler", "path", "metadata", "deadline", "timer", "gzip",
@@ -316,6 +326,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.ping_timer: asyncio.TimerHandle | None = None
         self.ping_deadline: asyncio.TimerHandle | None = None
+        self.spare: _Spare | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
 
@@ -343,6 +354,9 @@ class Connection(asyncio.Protocol):
         for st in list(self.streams.values()):
             self._cancel_stream(st)
         self.streams.clear()
+        if self.spare is not None:
+            self.spare.task.cancel()
+            self.spare = None
         self.blocked.clear()
         if self.resumed is not None and not self.resumed.done():
             self.resumed.set_result(None)
@@ -674,27 +688,33 @@ class Connection(asyncio.Protocol):
             if not hasattr(coro, "send"):  # a plain function's answer
                 self._answer(st, coro)
                 return
-            # Take the handler's first step now, inside the Task that will own the rest: a
-            # call that finishes without suspending (a single member's put, a serializable
-            # range) is answered within this read, before the loop turns.
-            st.task = task = self.loop.create_task(self._unary_rest(st))
-            st.coro = coro
+            # Take the handler's first step now: a call that finishes without suspending (a
+            # single member's put, a serializable range) is answered within this read,
+            # before the loop turns, and needs no Task. The step runs as the connection's
+            # spare Task, which takes the call over if it suspends (so asyncio.timeout()
+            # and current_task() see the Task that will resume it).
+            spare = self.spare
+            if spare is None:
+                spare = self.spare = _Spare(self)
             try:
-                _enter_task(self.loop, task)
-            except RuntimeError:  # inside another task: let this one run it from the start
+                _enter_task(self.loop, spare.task)
+            except RuntimeError:  # inside another task: a Task of its own runs it from the start
+                st.coro = coro
+                st.task = self.loop.create_task(self._unary_rest(st))
                 return
             try:
-                st.step = coro.send(None)
+                step = coro.send(None)
             except StopIteration as s:
-                st.coro = None
                 self._answer(st, s.value)
                 return
             except BaseException as e:  # noqa: BLE001 - becomes the call's status
-                st.coro = None
                 self._fail(st, e)
                 return
             finally:
-                _leave_task(self.loop, task)
+                _leave_task(self.loop, spare.task)
+            self.spare = None
+            st.coro, st.step, st.task = coro, step, spare.task
+            spare.assigned.set_result(st)
         elif h.response_streaming:
             fn = h.unary_stream if not h.request_streaming else h.stream_stream
             arg = st.requests if h.request_streaming else st.request
@@ -702,6 +722,13 @@ class Connection(asyncio.Protocol):
         else:
             st.coro = h.stream_unary(st.requests, ctx)
             st.task = self.loop.create_task(self._unary_rest(st))  # (st.step stays _UNSTARTED)
+
+    async def _run_spare(self, assigned: asyncio.Future) -> None:
+        try:
+            st = await assigned
+        except asyncio.CancelledError:
+            return  # the connection ended before this Task had a call
+        await self._unary_rest(st)
 
     async def _unary_rest(self, st: Stream) -> None:
         coro = st.coro
