@@ -63,6 +63,7 @@ MAX_HEADER_BLOCK = 1 << 20
 _FRAME_HEAD = struct.Struct(">BHBBI")
 _U32 = struct.Struct(">I")
 _MSG_PREFIX = struct.Struct(">BI")
+_DATA_MSG_HEAD = struct.Struct(">BHBBIBI")  # a DATA frame's header, then a message's prefix
 
 _STATUS_200_GRPC = b"\x88\x0f\x10\x10application/grpc"  # :status 200, content-type
 
@@ -319,7 +320,11 @@ class Connection(asyncio.Protocol):
         self.headers_flags = 0
         self.headers_parts: list[bytes] = []
         self.blocked: dict[int, Stream] = {}  # streams waiting for connection window
-        self.out: list[bytes] | None = None  # writes gathered while handling received data
+        # Writes are gathered and go out in one transport.write: at the end of a read, or
+        # one loop turn later (a watch stream's messages, answers of resumed calls).
+        self.wbuf: list[bytes] = []
+        self.in_read = False
+        self.flush_soon = False
         self.paused = False
         self.resumed: asyncio.Future | None = None
         self.going_away = False
@@ -392,8 +397,8 @@ class Connection(asyncio.Protocol):
             buf = buf[24:]
             # Our SETTINGS go out once the client spoke HTTP/2 (an HTTP/1.x request gets
             # handed over instead, and must not see them).
-            self.transport.write(_SERVER_PREFACE)
-        self.out = out = []
+            self._write(_SERVER_PREFACE)
+        self.in_read = True
         pos, n = 0, len(buf)
         try:
             while n - pos >= 9:
@@ -430,7 +435,7 @@ class Connection(asyncio.Protocol):
                             self.ping_deadline.cancel()
                             self.ping_deadline = None
                     else:
-                        out.append(frame(PING, ACK, 0, payload))
+                        self._write(frame(PING, ACK, 0, payload))
                 elif ftype == RST_STREAM:
                     st = self.streams.pop(sid, None)
                     if st is not None:
@@ -447,12 +452,11 @@ class Connection(asyncio.Protocol):
                     return
             self.buf = buf[pos:] if pos < n else b""
             if self.recv_unacked >= RECV_WINDOW // 2:
-                out.append(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
+                self._write(frame(WINDOW_UPDATE, 0, 0, _U32.pack(self.recv_unacked)))
                 self.recv_unacked = 0
         finally:
-            self.out = None
-            if out and not self.closed:
-                self.transport.write(b"".join(out))
+            self.in_read = False
+            self._flush_writes()
 
     def _to_http1(self, data: bytes) -> None:
         """Not HTTP/2 but an HTTP/1.x request: hand the connection to the HTTP handler."""
@@ -798,26 +802,32 @@ class Connection(asyncio.Protocol):
     # -- sending -------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if self.out is not None:
-            self.out.append(data)
-        elif not self.closed:
-            self.transport.write(data)
+        if self.closed:
+            return
+        self.wbuf.append(data)
+        if not self.in_read and not self.flush_soon:
+            self.flush_soon = True
+            self.loop.call_soon(self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        self.flush_soon = False
+        wbuf = self.wbuf
+        if wbuf and not self.closed:
+            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+        wbuf.clear()
 
     def _send_message(self, st: Stream, msg: bytes) -> None:
-        data = _MSG_PREFIX.pack(0, len(msg)) + msg
-        head = b""
         if not st.headers_sent:
             st.headers_sent = True
-            head = frame(HEADERS, END_HEADERS, st.sid, _STATUS_200_GRPC)
-        n = len(data)
+            self._write(frame(HEADERS, END_HEADERS, st.sid, _STATUS_200_GRPC))
+        k = len(msg)
+        n = k + 5
         if not st.pending and n <= st.send_window and n <= self.send_window and n <= self.max_frame:
             st.send_window -= n
             self.send_window -= n
-            self._write(head + _FRAME_HEAD.pack(n >> 16, n & 0xFFFF, DATA, 0, st.sid) + data)
+            self._write(_DATA_MSG_HEAD.pack(n >> 16, n & 0xFFFF, DATA, 0, st.sid, 0, k) + msg)
             return
-        if head:
-            self._write(head)
-        st.pending.append(data)
+        st.pending.append(_MSG_PREFIX.pack(0, k) + msg)
         self._flush(st)
 
     def _flush(self, st: Stream) -> None:
@@ -926,9 +936,6 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_sid, code) + reason.encode()))
-        if self.out:
-            self.transport.write(b"".join(self.out))
-            self.out.clear()
         self._close()
 
     def _abort_connection(self) -> None:
@@ -937,9 +944,7 @@ class Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closed:
-            if self.out:
-                self.transport.write(b"".join(self.out))
-                self.out.clear()
+            self._flush_writes()
             self.closed = True
             self.transport.close()
 
@@ -948,7 +953,8 @@ class Connection(asyncio.Protocol):
         if self.closed or self.going_away:
             return
         self.going_away = True
-        self.transport.write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_sid, NO_ERROR)))
+        self._write(frame(GOAWAY, 0, 0, struct.pack(">II", self.last_sid, NO_ERROR)))
+        self._flush_writes()
         if not self.streams:
             self._close()
 
@@ -960,7 +966,7 @@ class Connection(asyncio.Protocol):
     def _ping(self) -> None:
         if self.closed:
             return
-        self.transport.write(frame(PING, 0, 0, b"petcd\0\0\0"))
+        self._write(frame(PING, 0, 0, b"petcd\0\0\0"))
         timeout = self.server.keepalive_timeout
         if timeout and self.ping_deadline is None:
             self.ping_deadline = self.loop.call_later(timeout, self._abort_connection)

@@ -51,6 +51,21 @@ def encode_event(ev: Event, prev: bytes | None = None) -> bytes:
     return body
 
 
+_last_event: list = [None, b""]
+
+
+def _event_field(ev: Event) -> bytes:
+    """WatchResponse's events field for one event. Every watcher of a key gets the same
+    event object from the store, so the last encoding is kept for the next watcher."""
+    last = _last_event
+    if last[0] is ev:
+        return last[1]
+    e = encode_event(ev)
+    field = b"\x5a" + varint(len(e)) + e
+    last[0], last[1] = ev, field
+    return field
+
+
 class _ServerStream:
     """Per-stream state of the API layer on top of the store's WatchStream."""
 
@@ -161,12 +176,12 @@ class _ServerStream:
             return [head]
         if wid in self.prev_kv:
             evs = [self._with_prev(ev) for ev in events]
+            parts = [b"\x5a" + varint(len(e)) + e for e in evs]
         else:
-            evs = [encode_event(ev) for ev in events]
+            parts = [_event_field(ev) for ev in events]
         p = self.progress
         if wid in p:
             p[wid] = False  # events went out: skip the next progress notification
-        parts = [b"\x5a" + varint(len(e)) + e for e in evs]
         if wid in self.fragment and len(parts) > 1:
             limit = self.srv.max_request_bytes + GRPC_OVERHEAD_BYTES
             if len(head) + sum(map(len, parts)) >= limit:
