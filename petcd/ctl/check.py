@@ -12,8 +12,9 @@ and defragmented).
 `check datascale` reads the server's `process_resident_memory_bytes` from `<endpoint>/metrics`
 (HTTP/1.1, as etcdctl's net/http client) before and after writing `limit` 512-byte keys with
 512-byte zero values through `clients` workers, deletes them, and reports the difference.
-petcd serves no /metrics yet: against it the check fails as etcdctl's does (same stdout and
-exit code) with a hint on stderr; against etcd it works.
+petcd and etcd serve /metrics on the client port; against a port that speaks HTTP/2 only (petcd
+with PETCD_GRPC_SERVER=grpcio) the check fails as etcdctl's does (same stdout and exit code)
+with a hint on stderr.
 
 Deviations: the workers share at most `MAX_CONNECTIONS` gRPC connections (etcdctl opens one
 per worker: up to 1000 for xl); the environment variables `PETCDCTL_CHECK_PERF_DURATION`
@@ -420,10 +421,11 @@ async def endpoint_memory_metrics(host: str, ctx: Ctx) -> float:
     except _FetchError as e:
         out(f"fetch error: Get {quote(url)}: {e}\n")
         if e.grpc_only:
-            # etcdctl's stdout is kept; say on stderr what it means (petcd serves no /metrics).
+            # etcdctl's stdout is kept; say on stderr what it means.
             sys.stderr.write(
-                f"petcdctl: {url} answered in HTTP/2 only: no /metrics there (petcd serves "
-                "no metrics endpoint yet); check datascale needs an etcd member's client URL\n"
+                f"petcdctl: {url} answered in HTTP/2 only: no /metrics there (a gRPC-only "
+                "port, such as petcd's with PETCD_GRPC_SERVER=grpcio); check datascale needs "
+                "a member's client URL that serves HTTP/1.1 too\n"
             )
         return 0.0
     value = ""

@@ -309,11 +309,35 @@ def test_check_datascale_against_etcd(etcd):
         assert petcdctl_proc(ep, "check", "datascale", *args) == etcdctl(ep, "check", "datascale", *args)  # fmt: skip
 
 
-def test_check_datascale_against_petcd_explains(shared_petcd):
+def test_check_datascale_against_petcd(shared_petcd):
+    """petcd serves /metrics on its client port (HTTP/1.1 next to gRPC), so both checks work."""
     ep = f"--endpoints={shared_petcd.endpoint}"
     a = etcdctl(ep, "check", "datascale")
     b = petcdctl_proc(ep, "check", "datascale")
-    assert a[0] == b[0] == 1
-    assert b[1] == a[1]  # fetch error: ... malformed HTTP response ... / FAIL: Could not read ...
-    assert b"FAIL: Could not read process_resident_memory_bytes before the put operations." in b[1]
-    assert b"no /metrics" in b[2]
+    for code, out, err in (a, b):
+        assert (code, err) == (0, b""), (out, err)
+        lines = _ds_norm(out).split(b"\n")
+        assert lines[0] == (
+            b"Start data scale check for work load [10000 key-value pairs, 1024 bytes per "
+            b"key-value, 50 concurrent clients]."
+        )
+        assert lines[-2:] == [b"PASS: Approximate system memory used : N MB.", b""]
+    assert etcdctl(ep, "get", "--prefix", "/etcdctl-check-datascale/")[1] == b""
+
+
+def test_check_datascale_against_grpc_only_port_explains(monkeypatch):
+    """A client port that speaks HTTP/2 only (petcd on grpc.aio) fails as etcdctl does, plus
+    a hint on stderr."""
+    monkeypatch.setenv("PETCD_GRPC_SERVER", "grpcio")
+    s = ServerProcess().start()
+    try:
+        ep = f"--endpoints={s.endpoint}"
+        a = etcdctl(ep, "check", "datascale")
+        b = petcdctl_proc(ep, "check", "datascale")
+        assert a[0] == b[0] == 1
+        assert b[1] == a[1]  # fetch error: ... malformed HTTP response ... / FAIL: Could not read ...
+        assert b"FAIL: Could not read process_resident_memory_bytes before the put operations." in b[1]
+        assert b"no /metrics" in b[2]
+    finally:
+        s.stop()
+        s.cleanup()
