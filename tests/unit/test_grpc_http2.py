@@ -286,6 +286,42 @@ def test_raw_protocol_ping_settings_and_bad_preface():
     _run(body)
 
 
+def test_raw_continuation_and_a_tiny_client_window():
+    """A request header block split over HEADERS + CONTINUATION is served; a response larger
+    than the client's 10-byte stream window waits for WINDOW_UPDATE, then DATA, then trailers."""
+    import hpack
+
+    async def body(_ch, _h, port):
+        def raw():
+            block = hpack.Encoder().encode([
+                (":method", "POST"), (":scheme", "http"), (":path", f"/{SVC}/Big"),
+                (":authority", "x"), ("content-type", "application/grpc"), ("te", "trailers"),
+            ])
+            msg = b"512"
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                settings = struct.pack(">HI", 0x4, 10)  # SETTINGS_INITIAL_WINDOW_SIZE = 10
+                s.sendall(
+                    h2.PREFACE + h2.frame(h2.SETTINGS, 0, 0, settings)
+                    + h2.frame(h2.HEADERS, 0, 1, block[:5])
+                    + h2.frame(h2.CONTINUATION, 0, 1, block[5:12])
+                    + h2.frame(h2.CONTINUATION, h2.END_HEADERS, 1, block[12:])
+                    + h2.frame(h2.DATA, h2.END_STREAM, 1, struct.pack(">BI", 0, len(msg)) + msg)
+                )
+                frames = _read_frames(s, h2.DATA)
+                assert frames[-1][2] == 1 and len(frames[-1][3]) == 10  # the window's worth
+                s.sendall(h2.frame(h2.WINDOW_UPDATE, 0, 1, struct.pack(">I", 1000)))
+                frames = [f for f in _read_frames(s, h2.HEADERS) if f[2] == 1]
+                data = b"".join(f[3] for f in frames if f[0] == h2.DATA)
+                assert len(data) == 5 + 512 - 10
+                trailers = frames[-1]
+                assert trailers[0] == h2.HEADERS and trailers[1] & h2.END_STREAM
+                assert dict(hpack.Decoder().decode(trailers[3]))["grpc-status"] == "0"
+
+        await asyncio.to_thread(raw)
+
+    _run(body)
+
+
 def test_header_block_helpers():
     assert h2._hpack_int(10, 7, 0) == b"\x0a"
     assert h2._hpack_int(127, 7, 0) == b"\x7f\x00"
