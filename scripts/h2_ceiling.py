@@ -15,6 +15,11 @@ A benchmark aid, not a test. Session 4 on the 2-core machine, 1 client, alternat
 without fsync 2,820-2,965 req/s against grpc.aio's 2,450-2,655; with fsync 1,420-1,460
 against grpc.aio's 1,530-1,570. So leaving grpc.aio speeds up unsynced calls by about 10%,
 but not a put that waits for fdatasync. On SIGTERM it prints the fdatasync latencies it saw.
+
+Superseded in session 5: the `h2` library's per-frame Python cost hid the gain. A hand-rolled
+server (frames parsed with struct, all-indexed header blocks cached, writes gathered per loop
+turn) did 2,640-2,776 synced puts/s against grpc.aio's 1,392-1,626 and etcd's 1,636-1,735;
+that design is petcd's own gRPC server, petcd/transport/grpc_http2.py.
 """
 
 from __future__ import annotations
