@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
+import grpc
 import pytest
 from cluster import Cluster, wait_for
 from harness import ETCD, ServerProcess, ctl_env, free_port
@@ -285,8 +286,24 @@ def test_client_port_serves_http_and_grpc(impl):
                            capture_output=True, text=True, timeout=20, env=ctl_env())
         assert r.stdout == "OK\n", r.stderr
         _client_port_http(f"http://{s.endpoint}")  # still both, after gRPC
+        _grpc_health(s.endpoint)
     finally:
         s.cleanup()
+
+
+def _grpc_health(endpoint: str) -> None:
+    """grpc.health.v1.Health, as grpc-health-probe and Kubernetes gRPC probes call it."""
+    with grpc.insecure_channel(endpoint) as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check")
+        assert check(b"", timeout=10) == b"\x08\x01"  # SERVING
+        assert check(b"\x0a\x00", timeout=10) == b"\x08\x01"  # service "" spelled out
+        with pytest.raises(grpc.RpcError) as e:
+            check(b"\x0a\x0fetcdserverpb.KV", timeout=10)
+        assert (e.value.code(), e.value.details()) == (grpc.StatusCode.NOT_FOUND, "unknown service")
+        for req, first in ((b"", b"\x08\x01"), (b"\x0a\x04nope", b"\x08\x03")):
+            watch = ch.unary_stream("/grpc.health.v1.Health/Watch")(req, timeout=10)
+            assert next(watch) == first  # SERVING / SERVICE_UNKNOWN, then the stream stays open
+            watch.cancel()
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -1,5 +1,5 @@
-"""The v3 gRPC services: KV, Maintenance and Cluster here; Watch, Lease, Lock and Election
-in their own modules; `all_handlers` registers them all.
+"""The v3 gRPC services: KV, Maintenance and Cluster here; Watch, Lease, Lock, Election and
+gRPC's Health in their own modules; `all_handlers` registers them all.
 
 Handlers are registered as generic handlers that take and return raw bytes: requests
 are parsed once with the C protobuf runtime, and hot responses are assembled by byte
@@ -383,6 +383,7 @@ def _peer_urls(raw: list[str]) -> list[str]:
 
 def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:
     from petcd.api.v3.election import ElectionService
+    from petcd.api.v3.health import HealthService
     from petcd.api.v3.lease import LeaseService
     from petcd.api.v3.lock import LockService
     from petcd.api.v3.watch import WatchService
@@ -396,4 +397,5 @@ def all_handlers(srv: EtcdServer) -> list[grpc.GenericRpcHandler]:
         LeaseService(srv).handlers(),
         LockService(srv, recipes := Recipes(srv)).handlers(),
         ElectionService(srv, recipes).handlers(),
+        HealthService().handlers(),
     ]
